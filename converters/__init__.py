@@ -1,0 +1,1 @@
+"""converters (imported as audit.converters)."""

@@ -1,0 +1,1 @@
+"""graphs (imported as audit.graphs)."""

@@ -1,0 +1,1 @@
+"""models_zoo (imported as audit.models_zoo)."""
