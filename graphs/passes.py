@@ -1,0 +1,551 @@
+"""Small graph rewrites. Each pass takes a model and a context and returns (new model, modified).
+
+Passes never mutate their input. Passes that replace initializers record in ``ctx.provenance``
+how a new initializer's value maps back to an initializer of the *original* graph, so trained
+weights can be written back into the graph the user gave us.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from audit.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+# new initializer name -> (original initializer name, fn(new value) -> original value)
+Provenance = dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]
+
+ACTIVATIONS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "HardSigmoid",
+               "Clip", "PRelu", "Gelu", "HardSwish", "Mish", "Celu", "ThresholdedRelu", "Softsign"}
+
+
+class PassError(ModelError):
+    """A rewrite could not be applied."""
+
+
+@dataclass
+class PassContext:
+    provenance: Provenance = field(default_factory=dict)
+    applied: list[str] = field(default_factory=list)
+
+    def origin(self, name: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+        return self.provenance.get(name, (name, _identity))
+
+    def derive(self, new: str, src: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Record new = f(src); store the inverse chain back to the original initializer."""
+        orig, back = self.origin(src)
+        self.provenance[new] = (orig, lambda v, back=back, fn=fn: back(fn(v)))
+
+
+Pass = Callable[[onnx.ModelProto, PassContext], tuple[onnx.ModelProto, bool]]
+
+
+def _identity(v: np.ndarray) -> np.ndarray:
+    return v
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def run_passes(model: onnx.ModelProto, passes: Sequence[Pass], ctx: PassContext | None = None
+               ) -> tuple[onnx.ModelProto, PassContext]:
+    """Apply passes in order; a failure names the passes that ran before it."""
+    ctx = ctx or PassContext()
+    for p in passes:
+        try:
+            model, modified = p(model, ctx)
+        except PassError as exc:
+            raise PassError(f"{exc} (in pass {p.__name__} after {', '.join(ctx.applied) or 'none'})"
+                            ) from None
+        if modified:
+            ctx.applied.append(p.__name__)
+    return model, ctx
+
+
+# ---------------------------------------------------------------- helpers
+def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def opset(model: onnx.ModelProto, domain: str = "") -> int:
+    for o in model.opset_import:
+        if o.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return o.version
+    return 1
+
+
+def _replace_init(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    for i, t in enumerate(model.graph.initializer):
+        if t.name == name:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, name))
+            return
+    model.graph.initializer.append(numpy_helper.from_array(value, name))
+
+
+def _unique(model: onnx.ModelProto, base: str) -> str:
+    used = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+    used |= {i.name for i in model.graph.input}
+    name, k = base, 0
+    while name in used:
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+def _remove_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+
+
+# ---------------------------------------------------------------- structural passes
+def remove_initializer_inputs(model: onnx.ModelProto, ctx: PassContext):
+    """Old exporters (IR < 4, CNTK) list every initializer as a graph input too."""
+    inits = initializers(model)
+    extra = [i for i in model.graph.input if i.name in inits]
+    if not extra:
+        return model, False
+    m = copy_model(model)
+    keep = [i for i in m.graph.input if i.name not in inits]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    return m, True
+
+
+def name_graph_and_nodes(model: onnx.ModelProto, ctx: PassContext):
+    """Give the graph and every node a unique, non-empty name (torch modules are named by them)."""
+    m = copy_model(model)
+    modified = False
+    if not m.graph.name:
+        m.graph.name = "main_graph"
+        modified = True
+    seen: set[str] = set()
+    for i, n in enumerate(m.graph.node):
+        name = n.name or f"{n.op_type}_{i}"
+        base, k = name, 0
+        while name in seen:
+            k += 1
+            name = f"{base}_{k}"
+        seen.add(name)
+        if name != n.name:
+            n.name = name
+            modified = True
+    return (m, True) if modified else (model, False)
+
+
+def dedupe_outputs(model: onnx.ModelProto, ctx: PassContext):
+    names = [o.name for o in model.graph.output]
+    if len(set(names)) == len(names):
+        return model, False
+    m = copy_model(model)
+    seen: set[str] = set()
+    keep = []
+    for o in m.graph.output:
+        if o.name not in seen:
+            seen.add(o.name)
+            keep.append(o)
+    del m.graph.output[:]
+    m.graph.output.extend(keep)
+    return m, True
+
+
+def toposort(model: onnx.ModelProto, ctx: PassContext):
+    """keras2onnx and hand-rolled graphs list nodes out of order; ORT accepts it, onnx2torch not."""
+    g = model.graph
+    available = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    pending = list(g.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        progressed = False
+        rest = []
+        for n in pending:
+            if all(i in available for i in n.input):
+                ordered.append(n)
+                available.update(n.output)
+                progressed = True
+            else:
+                rest.append(n)
+        if not progressed:
+            missing = sorted({i for n in rest for i in n.input if i not in available})
+            raise PassError(f"graph has a cycle or undefined tensors: {missing[:3]}")
+        pending = rest
+    if [n.name for n in ordered] == [n.name for n in g.node] and ordered == list(g.node):
+        return model, False
+    m = copy_model(model)
+    del m.graph.node[:]
+    m.graph.node.extend(ordered)
+    return m, True
+
+
+def lift_constants(model: onnx.ModelProto, ctx: PassContext):
+    """Constant nodes holding a tensor become initializers (onnx2torch can then see weights)."""
+    m = copy_model(model)
+    keep, modified = [], False
+    for n in m.graph.node:
+        if n.op_type == "Constant" and len(n.output) == 1:
+            value = None
+            for a in n.attribute:
+                if a.name == "value":
+                    value = numpy_helper.to_array(a.t)
+                elif a.name in ("value_float", "value_int"):
+                    value = np.array(helper.get_attribute_value(a),
+                                     dtype=np.float32 if a.name == "value_float" else np.int64)
+                elif a.name in ("value_floats", "value_ints"):
+                    value = np.array(helper.get_attribute_value(a),
+                                     dtype=np.float32 if a.name == "value_floats" else np.int64)
+            if value is not None:
+                m.graph.initializer.append(numpy_helper.from_array(value, n.output[0]))
+                modified = True
+                continue
+        keep.append(n)
+    if not modified:
+        return model, False
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    return m, True
+
+
+_FOLDABLE: dict[str, Callable] = {}
+
+
+def fold_initializer_ops(model: onnx.ModelProto, ctx: PassContext):
+    """Evaluate shape-only ops whose inputs are all initializers (CNTK reshapes its weights).
+
+    Reshape/Transpose/Squeeze/Unsqueeze/Flatten/Identity keep a way back to the original
+    initializer, so weights folded this way stay trainable and can be written back.
+    """
+    m = copy_model(model)
+    modified = False
+    while True:
+        inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        target = None
+        for n in m.graph.node:
+            if n.op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity",
+                             "Cast") and n.input and all(i in inits for i in n.input if i):
+                target = n
+                break
+        if target is None:
+            break
+        src = target.input[0]
+        x = inits[src]
+        try:
+            y, inverse = _fold(target, x, [inits[i] for i in target.input[1:] if i], opset(m))
+        except Exception as exc:
+            raise PassError(f"cannot fold {target.op_type} node {target.name!r}: {exc}") from None
+        m.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(y), target.output[0]))
+        if inverse is not None:
+            ctx.derive(target.output[0], src, inverse)
+        m.graph.node.remove(target)
+        modified = True
+    if modified:
+        _remove_unused_initializers(m)
+        return m, True
+    return model, False
+
+
+def _fold(node: onnx.NodeProto, x: np.ndarray, extra: list[np.ndarray], op_version: int):
+    shape = x.shape
+    if node.op_type == "Reshape":
+        target = [int(d) for d in extra[0]]
+        allowzero = attr(node, "allowzero", 0)
+        target = [shape[i] if (d == 0 and not allowzero) else d for i, d in enumerate(target)]
+        y = x.reshape(target)
+        return y, lambda v, s=shape: np.reshape(v, s)
+    if node.op_type == "Transpose":
+        perm = attr(node, "perm") or list(range(x.ndim))[::-1]
+        inv = np.argsort(perm)
+        return np.transpose(x, perm), lambda v, inv=inv: np.transpose(v, inv)
+    if node.op_type == "Flatten":
+        axis = attr(node, "axis", 1)
+        axis = axis if axis >= 0 else x.ndim + axis
+        y = x.reshape(int(np.prod(shape[:axis])), -1)
+        return y, lambda v, s=shape: np.reshape(v, s)
+    if node.op_type in ("Squeeze", "Unsqueeze"):
+        axes = attr(node, "axes")
+        if axes is None and extra:
+            axes = [int(a) for a in extra[0]]
+        if node.op_type == "Squeeze":
+            y = np.squeeze(x, axis=tuple(axes) if axes else None)
+        else:
+            y = x
+            for a in sorted(a if a >= 0 else a + x.ndim + len(axes) for a in axes):
+                y = np.expand_dims(y, a)
+        return y, lambda v, s=shape: np.reshape(v, s)
+    if node.op_type == "Identity":
+        return x, _identity
+    if node.op_type == "Cast":
+        to = helper.tensor_dtype_to_np_dtype(attr(node, "to"))
+        return x.astype(to), (lambda v, dt=x.dtype: v.astype(dt))
+    raise ValueError("unsupported")
+
+
+def fuse_conv_add(model: onnx.ModelProto, ctx: PassContext):
+    """Conv without bias followed by Add of a per-channel constant becomes Conv with bias (CNTK)."""
+    m = copy_model(model)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    cons = consumers(m)
+    modified = False
+    graph_outputs = {o.name for o in m.graph.output}
+    for conv in list(m.graph.node):
+        if conv.op_type != "Conv" or len(conv.input) > 2 and conv.input[2]:
+            continue
+        if conv.input[1] not in inits or conv.output[0] in graph_outputs:
+            continue
+        users = cons.get(conv.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Add":
+            continue
+        add = users[0]
+        other = add.input[1] if add.input[0] == conv.output[0] else add.input[0]
+        if other not in inits:
+            continue
+        w = inits[conv.input[1]]
+        c, spatial = w.shape[0], w.ndim - 2
+        b = inits[other]
+        squeezed = b.shape
+        while len(squeezed) > spatial + 1 and squeezed[0] == 1:
+            squeezed = squeezed[1:]
+        # per-channel bias must broadcast as [C, 1, ..., 1]; a 1-D [C] would broadcast over W
+        if b.size != c or (squeezed != (c,) + (1,) * spatial and c != 1):
+            continue
+        bias_name = _unique(m, conv.name + "_bias")
+        m.graph.initializer.append(numpy_helper.from_array(b.reshape(c).astype(np.float32), bias_name))
+        ctx.derive(bias_name, other, lambda v, s=b.shape: np.reshape(v, s))
+        while len(conv.input) < 3:
+            conv.input.append("")
+        conv.input[2] = bias_name
+        conv.output[0] = add.output[0]
+        m.graph.node.remove(add)
+        modified = True
+    if modified:
+        _remove_unused_initializers(m)
+        return m, True
+    return model, False
+
+
+def fuse_matmul_add(model: onnx.ModelProto, ctx: PassContext):
+    """MatMul(x, W) (+ Add b) on a 2-D x becomes Gemm, which onnx2torch maps to nn.Linear."""
+    ranks = _ranks(model)
+    m = copy_model(model)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    cons = consumers(m)
+    graph_outputs = {o.name for o in m.graph.output}
+    modified = False
+    for mm in list(m.graph.node):
+        if mm.op_type != "MatMul" or mm.input[1] not in inits or inits[mm.input[1]].ndim != 2:
+            continue
+        if ranks.get(mm.input[0]) != 2:
+            continue
+        w = inits[mm.input[1]]
+        gemm_inputs = [mm.input[0], mm.input[1]]
+        out = mm.output[0]
+        users = cons.get(out, [])
+        if out not in graph_outputs and len(users) == 1 and users[0].op_type == "Add":
+            add = users[0]
+            other = add.input[1] if add.input[0] == out else add.input[0]
+            b = inits.get(other)
+            if b is not None and b.size == w.shape[1] and (b.ndim == 1 or b.shape[0] == 1):
+                bias_name = _unique(m, mm.name + "_bias")
+                m.graph.initializer.append(numpy_helper.from_array(b.reshape(-1), bias_name))
+                ctx.derive(bias_name, other, lambda v, s=b.shape: np.reshape(v, s))
+                gemm_inputs.append(bias_name)
+                out = add.output[0]
+                m.graph.node.remove(add)
+        gemm = helper.make_node("Gemm", gemm_inputs, [out], name=mm.name)
+        idx = list(m.graph.node).index(mm)
+        m.graph.node.remove(mm)
+        m.graph.node.insert(idx, gemm)
+        modified = True
+    if modified:
+        _remove_unused_initializers(m)
+        return m, True
+    return model, False
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return {}
+    out = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            out[vi.name] = len(t.shape.dim)
+    return out
+
+
+def reshape_allowzero(model: onnx.ModelProto, ctx: PassContext):
+    """Reshape(allowzero=1) equals allowzero=0 when no target dim is 0 (dynamo emits it always)."""
+    m = copy_model(model)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    prods = producers(m)
+    modified = False
+    for n in m.graph.node:
+        if n.op_type != "Reshape" or attr(n, "allowzero", 0) != 1:
+            continue
+        if not _shape_has_no_zero(n.input[1], inits, prods):
+            raise PassError(f"Reshape node {n.name!r} uses allowzero=1 with a possibly-zero target dim")
+        set_attr(n, "allowzero", 0)
+        modified = True
+    return (m, True) if modified else (model, False)
+
+
+def _shape_has_no_zero(name: str, inits, prods) -> bool:
+    if name in inits:
+        return not np.any(inits[name] == 0)
+    node = prods.get(name)
+    if node is None:
+        return False
+    if node.op_type == "Concat":
+        return all(_shape_has_no_zero(i, inits, prods) for i in node.input)
+    # Dims read from a runtime shape (batch size etc.) are non-zero for non-empty batches.
+    if node.op_type in ("Shape", "Gather", "Slice", "Unsqueeze", "Squeeze", "Cast"):
+        src = node.input[0]
+        return src not in inits or _shape_has_no_zero(src, inits, prods)
+    return False
+
+
+def strip_output_softmax(model: onnx.ModelProto, ctx: PassContext):
+    """Expose the scores before a final Softmax/LogSoftmax, so training sees logits."""
+    out = model.graph.output[0].name
+    prods = producers(model)
+    node = prods.get(out)
+    if node is None or node.op_type not in ("Softmax", "LogSoftmax"):
+        return model, False
+    m = copy_model(model)
+    pre = node.input[0]
+    m.graph.node.remove(next(n for n in m.graph.node if n.name == node.name))
+    vi = helper.make_tensor_value_info(pre, onnx.TensorProto.FLOAT, None)
+    vi.type.CopyFrom(m.graph.output[0].type)
+    m.graph.output[0].CopyFrom(vi)
+    return m, True
+
+
+def dynamic_batch(model: onnx.ModelProto, ctx: PassContext):
+    """Replace a fixed batch of 1 by a symbolic one; Reshapes to [1, ...] become [-1, ...].
+
+    The caller verifies the result numerically and falls back to one-image runs if it differs.
+    """
+    inp = model.graph.input[0]
+    dims = inp.type.tensor_type.shape.dim
+    if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value != 1:
+        return model, False
+    m = copy_model(model)
+    for vi in list(m.graph.input[:1]) + list(m.graph.output):
+        d = vi.type.tensor_type.shape.dim
+        if d and d[0].HasField("dim_value") and d[0].dim_value == 1:
+            d[0].Clear()
+            d[0].dim_param = "batch"
+    del m.graph.value_info[:]
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    data_tensors = _data_dependent(m)
+    for n in m.graph.node:
+        if n.op_type == "Reshape" and n.input[0] in data_tensors and n.input[1] in inits:
+            shape = inits[n.input[1]].copy()
+            if shape.size and shape[0] == 1 and -1 not in shape[1:]:
+                shape[0] = -1
+                new = _unique(m, n.input[1] + "_dyn")
+                m.graph.initializer.append(numpy_helper.from_array(shape.astype(np.int64), new))
+                n.input[1] = new
+    _remove_unused_initializers(m)
+    return m, True
+
+
+def _data_dependent(model: onnx.ModelProto) -> set[str]:
+    live = {i.name for i in model.graph.input}
+    for n in model.graph.node:
+        if any(i in live for i in n.input):
+            live.update(n.output)
+    return live
+
+
+def set_ir_version(model: onnx.ModelProto, ir_version: int) -> onnx.ModelProto:
+    m = copy_model(model)
+    m.ir_version = ir_version
+    return m
+
+
+def explicit_pads(model: onnx.ModelProto, ctx: PassContext):
+    """auto_pad SAME_UPPER/SAME_LOWER/VALID -> explicit pads (onnx2torch refuses SAME_*)."""
+    targets = [n for n in model.graph.node if n.op_type in ("Conv", "MaxPool", "AveragePool")
+               and attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")]
+    if not targets:
+        return model, False
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:
+        raise PassError(f"shape inference failed: {exc}") from None
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    inits = {t.name: t for t in model.graph.initializer}
+    m = copy_model(model)
+    for n in m.graph.node:
+        mode = attr(n, "auto_pad", b"NOTSET")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if n.op_type not in ("Conv", "MaxPool", "AveragePool") or mode == "NOTSET":
+            continue
+        in_shape = shapes.get(n.input[0])
+        if n.op_type == "Conv":
+            kernel = attr(n, "kernel_shape") or list(inits[n.input[1]].dims[2:])
+        else:
+            kernel = attr(n, "kernel_shape")
+        if in_shape is None or any(d is None for d in in_shape[2:]):
+            raise PassError(f"node {n.name!r}: auto_pad {mode} needs static spatial dims")
+        spatial = in_shape[2:]
+        strides = attr(n, "strides") or [1] * len(spatial)
+        dil = attr(n, "dilations") or [1] * len(spatial)
+        begins, ends = [], []
+        for size, k, s, d in zip(spatial, kernel, strides, dil):
+            if mode == "VALID":
+                begins.append(0)
+                ends.append(0)
+                continue
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            begins.append(small if mode == "SAME_UPPER" else big)
+            ends.append(big if mode == "SAME_UPPER" else small)
+        set_attr(n, "auto_pad", "NOTSET")
+        set_attr(n, "pads", begins + ends)
+    return m, True
