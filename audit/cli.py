@@ -1,0 +1,105 @@
+"""The `audit` command line. Errors are one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+from audit.errors import AuditError
+
+log = logging.getLogger("audit")
+
+
+def data_options(f):
+    """--scale/--mean/--std/--input-spec/--device, shared by every command that reads data."""
+    opts = [
+        click.option("--scale", type=float, default=None,
+                     help="Pixel scale: model input = (u8*scale - mean)/std. Default 1/255."),
+        click.option("--mean", default=None, help="Mean, one value or comma-separated per channel."),
+        click.option("--std", default=None, help="Std, one value or comma-separated per channel."),
+        click.option("--input-spec", type=click.Path(dir_okay=False), default=None,
+                     help='JSON file {"scale":..,"mean":..,"std":..}; options override it.'),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                     show_default=True, help="Where onnxruntime and torch run."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def preprocess_from(kw: dict):
+    from audit.data import Preprocess
+
+    return Preprocess.from_options(kw.pop("scale"), kw.pop("mean"), kw.pop("std"),
+                                   kw.pop("input_spec"))
+
+
+def emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="audit-laundering", prog_name="audit")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr.")
+def cli(verbose: int) -> None:
+    """Launder, detect and verify black-box backdoor watermarks in ONNX image classifiers."""
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(run())
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code: one error line and 2 instead of a traceback."""
+    from audit.commands import register
+
+    register(cli)
+    try:
+        rv = cli.main(args=argv, prog_name="audit", standalone_mode=False)
+    except AuditError as exc:
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except Exception as exc:  # never a traceback for users; AUDIT_DEBUG=1 shows it
+        if os.environ.get("AUDIT_DEBUG"):
+            raise
+        click.echo(f"error: internal error: {type(exc).__name__}: {_one_line(exc)} "
+                   "(set AUDIT_DEBUG=1 for a traceback)", err=True)
+        return 2
+    return rv if isinstance(rv, int) else 0
+
+
+def _one_line(exc) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+if __name__ == "__main__":
+    main()
