@@ -1,0 +1,240 @@
+"""Neural Network Laundering (Aiken, Kim, Woo 2020): recover -> reset -> retrain, in rounds."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audit.converters.to_torch import TorchModel, to_torch
+from audit.converters.write_back import check_written, write_back
+from audit.data import Dataset, Preprocess
+from audit.errors import DataError
+from audit.forward import make_forward
+from audit.graphs.model import AuditModel
+from audit.graphs.probe import find_probe_layers, mean_activations
+from audit.nc import NCConfig, Recovery, recover
+from audit.reset import (ResetMask, Threshold, choose_layers, reestimate_batchnorm,
+                         reset_batchnorm_stats, reset_units)
+from audit.retrain import RetrainConfig, retrain
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class LaunderConfig:
+    rounds: int = 3
+    seed: int = 0
+    dense_threshold: str = "z:2.0"
+    conv_threshold: str = "z:2.0"
+    layers: str = "all"
+    nc: NCConfig = field(default_factory=NCConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    mask_share: float = 0.02     # recovered masks/triggers (label: least likely) as share of data
+    device: str = "auto"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["nc"] = self.nc.to_dict()
+        d["retrain"] = self.retrain.to_dict()
+        return d
+
+
+@dataclass
+class RoundResult:
+    round: int
+    recovery: dict
+    triggers_used: list[int]
+    units_reset: dict[str, int]
+    thresholds: dict[str, float]
+    subset_accuracy: float
+    stamped_accuracy: float
+    losses: list[float]
+    seconds: dict[str, float]
+    stopped: str | None = None
+
+
+@dataclass
+class LaunderResult:
+    model: AuditModel                 # the laundered model (original graph, new weights)
+    rounds: list[RoundResult]
+    best_round: int
+    stop_reason: str
+    original_least_likely: int
+    subset_accuracy_before: float
+    subset_accuracy_after: float
+    seconds: float
+    output: Path | None = None
+    recoveries: list[Recovery] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"rounds": [asdict(r) for r in self.rounds], "best_round": self.best_round,
+                "stop_reason": self.stop_reason, "original_least_likely": self.original_least_likely,
+                "subset_accuracy_before": self.subset_accuracy_before,
+                "subset_accuracy_after": self.subset_accuracy_after, "seconds": self.seconds,
+                "output": str(self.output) if self.output else None}
+
+
+def _check_subset(ds: Dataset, num_classes: int) -> None:
+    classes = ds.classes()
+    if len(classes) < 2:
+        raise DataError(f"{ds.source}: the laundering subset needs at least 2 classes, "
+                        f"found {len(classes)}")
+    if classes.max() >= num_classes:
+        raise DataError(f"{ds.source}: label {int(classes.max())} outside the model's classes "
+                        f"0..{num_classes - 1}")
+
+
+def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
+                  config: LaunderConfig | None = None, *, progress: Progress | None = None,
+                  on_round: Callable[[RoundResult, Callable], None] | None = None
+                  ) -> LaunderResult:
+    """Launder am using only subset (correctly labelled clean images). No file is written."""
+    cfg = config or LaunderConfig()
+    t_start = time.perf_counter()
+    k = am.info.num_classes
+    _check_subset(subset, k)
+    torch.manual_seed(cfg.seed)
+    dense_t, conv_t = Threshold.parse(cfg.dense_threshold), Threshold.parse(cfg.conv_threshold)
+    x_check = am.model_input(subset.x[:128], preprocess)
+    tm = to_torch(am, x_check)
+    forward = make_forward(tm, preprocess)
+    layers = find_probe_layers(tm.graph, am.original)
+    targets = choose_layers(layers, cfg.layers)
+    acc_before = am.accuracy(subset.x, subset.y, preprocess)
+    keep = ResetMask()
+    teacher = None
+    if cfg.retrain.distill > 0:
+        teacher_tm = to_torch(am, check=False)
+        _freeze(teacher_tm.module, True)
+        teacher = make_forward(teacher_tm, preprocess)
+    rounds: list[RoundResult] = []
+    recoveries: list[Recovery] = []
+    best_state, best_acc, best_round = None, -1.0, 0
+    ll0 = None
+    suspects: set[int] = set()
+    stop = f"completed {cfg.rounds} round(s)"
+    for r in range(1, cfg.rounds + 1):
+        times: dict[str, float] = {}
+        t = time.perf_counter()
+        _freeze(tm.module, True)
+        rec = recover(forward, subset.x, k, cfg.nc, seed=cfg.seed + r,
+                      progress=(lambda e, n, r=r: progress(f"round {r}: recover", e, n))
+                      if progress else None)
+        _freeze(tm.module, False)
+        times["recover"] = time.perf_counter() - t
+        recoveries.append(rec)
+        if ll0 is None:
+            ll0 = rec.least_likely
+        elif rec.most_likely == ll0:
+            stop = (f"round {r}: the most likely infected class {rec.most_likely} is the original "
+                    "least likely one")
+            rounds.append(_stopped(r, rec, stop, times))
+            break
+        # Classes flagged in any round stay suspects: after a round the residual backdoor is
+        # weaker (often no longer an outlier) but its trigger is still worth unlearning.
+        suspects.update(rec.flagged)
+        used = sorted(suspects) or ([rec.most_likely] if r == 1 else [])
+        if not used:
+            stop = f"round {r}: no class flagged"
+            rounds.append(_stopped(r, rec, stop, times))
+            break
+        stamped = np.concatenate([rec.stamp(subset.x, c) for c in used])
+        stamped_y = np.tile(subset.y, len(used))
+
+        t = time.perf_counter()
+        current = AuditModel.from_proto(write_back(tm), device=am.device)
+        clean_mean = mean_activations(current, subset.x, preprocess, targets)
+        stamp_mean = mean_activations(current, stamped, preprocess, targets)
+        reset_counts, cutoffs = {}, {}
+        for layer in targets:
+            adiff = stamp_mean[layer.name] - clean_mean[layer.name]
+            thr = conv_t if layer.op == "Conv" else dense_t
+            units = thr.select(adiff)
+            cutoffs[layer.name] = thr.cutoff(adiff)
+            reset_counts[layer.name] = int(units.size)
+            if units.size:
+                reset_units(tm, layer, units, keep)
+        times["reset"] = time.perf_counter() - t
+        if not rec.flagged and sum(reset_counts.values()) == 0:
+            stop = f"round {r}: no class flagged and no unit reset"
+            rounds.append(_stopped(r, rec, stop, times))
+            break
+
+        t = time.perf_counter()
+        reset_batchnorm_stats(tm.module)
+        x_train, y_train, aug = _retraining_set(subset, stamped, stamped_y, rec, used,
+                                                  cfg.mask_share)
+        losses = retrain(tm.module, forward, x_train, y_train, cfg.retrain, keep,
+                         seed=cfg.seed + r, augment_mask=aug, teacher=teacher,
+                         distill_mask=np.arange(len(y_train)) < len(subset),
+                         progress=(lambda e, n, r=r: progress(f"round {r}: retrain", e, n))
+                         if progress else None)
+        reestimate_batchnorm(tm.module, forward, subset.x)
+        keep.apply()
+        times["retrain"] = time.perf_counter() - t
+        acc = _torch_accuracy(forward, subset.x, subset.y)
+        stamped_acc = _torch_accuracy(forward, stamped, stamped_y)
+        rounds.append(RoundResult(round=r, recovery=rec.summary(), triggers_used=used,
+                                  units_reset=reset_counts, thresholds=cutoffs,
+                                  subset_accuracy=acc, stamped_accuracy=stamped_acc,
+                                  losses=losses, seconds=times))
+        if on_round:
+            on_round(rounds[-1], forward)
+        if acc >= best_acc:  # ties go to the later, more laundered round
+            best_state, best_acc, best_round = copy.deepcopy(tm.module.state_dict()), acc, r
+    if best_state is None:
+        best_state = copy.deepcopy(tm.module.state_dict())
+    tm.module.load_state_dict(best_state)
+    laundered = write_back(tm)
+    check_written(laundered, tm, x_check)
+    out_am = AuditModel.from_proto(laundered, device=am.device)
+    return LaunderResult(model=out_am, rounds=rounds, best_round=best_round, stop_reason=stop,
+                         original_least_likely=int(ll0 if ll0 is not None else -1),
+                         subset_accuracy_before=acc_before,
+                         subset_accuracy_after=out_am.accuracy(subset.x, subset.y, preprocess),
+                         seconds=time.perf_counter() - t_start, recoveries=recoveries)
+
+
+def _stopped(r: int, rec: Recovery, reason: str, times: dict) -> RoundResult:
+    return RoundResult(round=r, recovery=rec.summary(), triggers_used=[], units_reset={},
+                       thresholds={}, subset_accuracy=float("nan"),
+                       stamped_accuracy=float("nan"), losses=[], seconds=times, stopped=reason)
+
+
+def _retraining_set(subset: Dataset, stamped: np.ndarray, stamped_y: np.ndarray, rec: Recovery,
+                    used: list[int], share: float):
+    """Clean + stamped (true labels) + recovered masks and triggers (least likely class)."""
+    c = subset.x.shape[1]
+    masks = np.repeat(rec.masks[used], c, axis=1)
+    triggers = rec.masks[used] * rec.patterns[used]
+    extra = np.concatenate([masks, triggers]).astype(np.float32)
+    reps = max(1, int(round(share * (len(subset) + len(stamped)) / max(len(extra), 1))))
+    extra = np.tile(extra, (reps, 1, 1, 1))
+    x = np.concatenate([subset.x, stamped, extra]).astype(np.float32)
+    y = np.concatenate([subset.y, stamped_y, np.full(len(extra), rec.least_likely)]).astype(np.int64)
+    aug = np.concatenate([np.ones(len(subset) + len(stamped), bool), np.zeros(len(extra), bool)])
+    return x, y, aug
+
+
+@torch.no_grad()
+def _torch_accuracy(forward, x01: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    correct = 0
+    for i in range(0, len(x01), batch_size):
+        pred = forward(torch.from_numpy(x01[i:i + batch_size])).argmax(1).numpy()
+        correct += int((pred == y[i:i + batch_size]).sum())
+    return correct / max(len(y), 1)
+
+
+def _freeze(module: torch.nn.Module, frozen: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(not frozen)
+    module.eval()

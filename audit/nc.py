@@ -1,0 +1,229 @@
+"""Neural Cleanse trigger recovery, optimised for all classes at once.
+
+For every class t a mask m_t (one channel, [0,1]) and a pattern p_t ([0,1], image channels)
+are optimised so that (1 - m_t) * x + m_t * p_t is classified as t, minimising
+CE + lambda_t * |m_t|_1. lambda_t follows Neural Cleanse's schedule (Wang et al. 2019,
+bolunwang/backdoor): start at ``init_cost``; after ``patience`` epochs with attack success
+>= threshold multiply by ``cost_up``, after ``patience`` epochs below it divide by
+``cost_down``; stop a class ``early_stop_patience`` epochs after its best norm stopped
+improving, once lambda has moved both ways. All classes share one batched forward pass
+(K x B images), in chunks of ``class_chunk`` classes for large K.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+MAD_CONSTANT = 1.4826
+ANOMALY_THRESHOLD = 2.0
+
+
+@dataclass
+class NCConfig:
+    epochs: int = 40
+    steps_per_epoch: int = 8
+    batch_size: int = 32              # clean images per class per step
+    lr: float = 0.1
+    betas: tuple[float, float] = (0.5, 0.9)
+    init_cost: float = 1e-3
+    cost_up: float = 2.0
+    cost_down: float = 2.0 ** 1.5
+    patience: int = 5
+    attack_threshold: float = 0.99
+    early_stop: bool = True
+    early_stop_threshold: float = 0.99
+    early_stop_patience: int = 25
+    class_chunk: int = 16
+    param: str = "tanh"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Recovery:
+    masks: np.ndarray           # [K, 1, H, W] in [0, 1]
+    patterns: np.ndarray        # [K, C, H, W] in [0, 1]
+    norms: np.ndarray           # [K] L1 norm of each mask
+    attack_success: np.ndarray  # [K] success of the kept trigger on the data
+    anomaly: np.ndarray         # [K] MAD anomaly index (|norm - median| / (1.4826 MAD))
+    flagged: list[int]          # classes with index > 2 and norm below the median
+    most_likely: int            # smallest norm
+    least_likely: int           # largest norm
+    epochs_run: int
+    seconds: float
+    config: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"norms": self.norms.tolist(), "anomaly_index": self.anomaly.tolist(),
+                "attack_success": self.attack_success.tolist(), "flagged": self.flagged,
+                "most_likely_infected": self.most_likely, "least_likely": self.least_likely,
+                "epochs_run": self.epochs_run, "seconds": round(self.seconds, 3)}
+
+    def stamp(self, x01: np.ndarray, k: int) -> np.ndarray:
+        m, p = self.masks[k], self.patterns[k]
+        return ((1 - m) * x01 + m * p).astype(np.float32)
+
+
+def anomaly_index(norms: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """MAD outlier score of each norm; flagged = index > 2 on the small side."""
+    med = float(np.median(norms))
+    mad = MAD_CONSTANT * float(np.median(np.abs(norms - med)))
+    idx = np.abs(norms - med) / max(mad, 1e-12)
+    flagged = [int(k) for k in np.argsort(norms) if idx[k] > ANOMALY_THRESHOLD and norms[k] < med]
+    return idx, flagged
+
+
+def _squash(t: torch.Tensor, param: str) -> torch.Tensor:
+    return torch.tanh(t) / 2 + 0.5 if param == "tanh" else torch.sigmoid(t)
+
+
+def recover(forward: Callable[[torch.Tensor], torch.Tensor], x01: np.ndarray, num_classes: int,
+            config: NCConfig | None = None, *, seed: int = 0, classes: list[int] | None = None,
+            progress: Callable[[int, int], None] | None = None, device: str = "cpu") -> Recovery:
+    """Recover a trigger per class. forward maps NCHW [0,1] images to logits (differentiable)."""
+    cfg = config or NCConfig()
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    classes = list(range(num_classes)) if classes is None else list(classes)
+    n, c, h, w = x01.shape
+    data = torch.from_numpy(x01).to(device)
+    best_masks = np.zeros((num_classes, 1, h, w), np.float32)
+    best_patterns = np.zeros((num_classes, c, h, w), np.float32)
+    best_norms = np.full(num_classes, np.inf)
+    best_success = np.zeros(num_classes)
+    epochs_run = 0
+    for start in range(0, len(classes), cfg.class_chunk):
+        chunk = classes[start:start + cfg.class_chunk]
+        out = _recover_chunk(forward, data, chunk, cfg, gen, progress, device)
+        for i, k in enumerate(chunk):
+            best_masks[k], best_patterns[k] = out["mask"][i], out["pattern"][i]
+            best_norms[k], best_success[k] = out["norm"][i], out["success"][i]
+        epochs_run = max(epochs_run, out["epochs"])
+    norms = best_norms[classes]
+    idx_sub, flagged_sub = anomaly_index(norms)
+    anomaly = np.zeros(num_classes)
+    anomaly[classes] = idx_sub
+    flagged = [classes[i] for i in flagged_sub]
+    order = np.argsort(norms)
+    return Recovery(masks=best_masks, patterns=best_patterns, norms=best_norms,
+                    attack_success=best_success, anomaly=anomaly, flagged=flagged,
+                    most_likely=classes[int(order[0])], least_likely=classes[int(order[-1])],
+                    epochs_run=epochs_run, seconds=time.perf_counter() - t0, config=cfg.to_dict())
+
+
+def _recover_chunk(forward, data: torch.Tensor, chunk: list[int], cfg: NCConfig,
+                   gen: torch.Generator, progress, device: str) -> dict:
+    k = len(chunk)
+    n, c, h, w = data.shape
+    # NC initialises the raw parameters randomly; atanh of U(0,1) squashed values
+    init_m = torch.rand((k, 1, h, w), generator=gen) * 0.98 + 0.01
+    init_p = torch.rand((k, c, h, w), generator=gen) * 0.98 + 0.01
+    mask_raw = torch.atanh((init_m - 0.5) * 2).to(device).requires_grad_(True)
+    pat_raw = torch.atanh((init_p - 0.5) * 2).to(device).requires_grad_(True)
+    opt = torch.optim.Adam([mask_raw, pat_raw], lr=cfg.lr, betas=cfg.betas)
+    target = torch.tensor(chunk, device=device)
+    cost = np.full(k, cfg.init_cost)
+    up_cnt = np.zeros(k, int)
+    down_cnt = np.zeros(k, int)
+    up_flag = np.zeros(k, bool)
+    down_flag = np.zeros(k, bool)
+    set_cnt = np.zeros(k, int)
+    best_norm = np.full(k, np.inf)
+    best_mask = np.zeros((k, 1, h, w), np.float32)
+    best_pat = np.zeros((k, c, h, w), np.float32)
+    best_succ = np.zeros(k)
+    es_best = np.full(k, np.inf)
+    es_cnt = np.zeros(k, int)
+    done = np.zeros(k, bool)
+    last_mask = last_pat = None
+    last_succ = np.zeros(k)
+    bs = min(cfg.batch_size, n)
+    steps = max(1, min(cfg.steps_per_epoch, math.ceil(n / bs)))
+    epoch = 0
+    for epoch in range(1, cfg.epochs + 1):
+        active = np.flatnonzero(~done)
+        if active.size == 0:
+            break
+        act_t = torch.from_numpy(active).to(device)
+        succ_sum = np.zeros(k)
+        for _ in range(steps):
+            idx = torch.randint(0, n, (bs,), generator=gen).to(device)
+            x = data[idx]                                        # [B, C, H, W]
+            m = _squash(mask_raw[act_t], cfg.param)               # [A, 1, H, W]
+            p = _squash(pat_raw[act_t], cfg.param)                # [A, C, H, W]
+            stamped = (1 - m[:, None]) * x[None] + (m * p)[:, None]   # [A, B, C, H, W]
+            logits = forward(stamped.reshape(-1, c, h, w))
+            labels = target[act_t].repeat_interleave(bs)
+            ce = F.cross_entropy(logits, labels, reduction="none").view(len(active), bs).mean(1)
+            l1 = m.sum(dim=(1, 2, 3))
+            lam = torch.as_tensor(cost[active], dtype=l1.dtype, device=device)
+            loss = (ce + lam * l1).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                hit = (logits.argmax(1) == labels).float().view(len(active), bs).mean(1)
+            succ_sum[active] += hit.cpu().numpy()
+        succ = succ_sum / steps
+        with torch.no_grad():
+            cur_m = _squash(mask_raw, cfg.param).cpu().numpy()
+            cur_p = _squash(pat_raw, cfg.param).cpu().numpy()
+        last_mask, last_pat = cur_m, cur_p
+        for j in active:
+            last_succ[j] = succ[j]
+            l1_now = float(cur_m[j].sum())
+            if succ[j] >= cfg.attack_threshold and l1_now < best_norm[j]:
+                best_norm[j], best_succ[j] = l1_now, succ[j]
+                best_mask[j], best_pat[j] = cur_m[j], cur_p[j]
+            # early stopping on the best norm, once lambda has been moved both ways
+            if cfg.early_stop and np.isfinite(best_norm[j]):
+                if best_norm[j] >= cfg.early_stop_threshold * es_best[j]:
+                    es_cnt[j] += 1
+                else:
+                    es_cnt[j] = 0
+                es_best[j] = min(best_norm[j], es_best[j])
+                if up_flag[j] and down_flag[j] and es_cnt[j] >= cfg.early_stop_patience:
+                    done[j] = True
+            # lambda schedule
+            if cost[j] == 0 and succ[j] >= cfg.attack_threshold:
+                set_cnt[j] += 1
+                if set_cnt[j] >= cfg.patience:
+                    cost[j] = cfg.init_cost
+                    up_cnt[j] = down_cnt[j] = 0
+                    up_flag[j] = down_flag[j] = False
+            else:
+                set_cnt[j] = 0
+            if succ[j] >= cfg.attack_threshold:
+                up_cnt[j] += 1
+                down_cnt[j] = 0
+            else:
+                up_cnt[j] = 0
+                down_cnt[j] += 1
+            if up_cnt[j] >= cfg.patience:
+                up_cnt[j] = 0
+                cost[j] *= cfg.cost_up
+                up_flag[j] = True
+            elif down_cnt[j] >= cfg.patience:
+                down_cnt[j] = 0
+                cost[j] /= cfg.cost_down
+                down_flag[j] = True
+        if progress:
+            progress(epoch, cfg.epochs)
+    # classes that never reached the success threshold keep their last trigger
+    for j in range(k):
+        if not np.isfinite(best_norm[j]):
+            best_mask[j], best_pat[j] = last_mask[j], last_pat[j]
+            best_norm[j] = float(last_mask[j].sum())
+            best_succ[j] = last_succ[j]
+    return {"mask": best_mask, "pattern": best_pat, "norm": best_norm, "success": best_succ,
+            "epochs": epoch}

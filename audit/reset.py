@@ -1,0 +1,147 @@
+"""Algorithm 1 of the laundering paper: find units that fire for the trigger and reset them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from audit.errors import AuditError
+from audit.graphs.probe import ProbeLayer
+
+NONZERO_AT_ZERO = {"Sigmoid", "Softplus", "HardSigmoid"}
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """`abs:V` (or plain V): A_diff > V.  `z:K`: A_diff > mean + K*std of the layer's A_diff.
+    `top:F`: the fraction F of the layer's units with the largest positive A_diff."""
+
+    kind: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str | float) -> Threshold:
+        s = str(text).strip().lower()
+        m = re.fullmatch(r"(?:(abs|z|top):)?\s*([-+]?\d*\.?\d+(?:e[-+]?\d+)?)", s)
+        if not m:
+            raise AuditError(f"bad threshold {text!r}: use a number, abs:V, z:K or top:F")
+        kind = m.group(1) or "abs"
+        value = float(m.group(2))
+        if kind == "top" and not 0 < value <= 1:
+            raise AuditError(f"bad threshold {text!r}: top:F needs 0 < F <= 1")
+        return cls(kind, value)
+
+    def cutoff(self, adiff: np.ndarray) -> float:
+        if self.kind == "abs":
+            return self.value
+        if self.kind == "z":
+            return float(adiff.mean() + self.value * adiff.std())
+        k = max(1, int(round(self.value * adiff.size)))
+        return float(np.sort(adiff)[-k]) - 1e-12
+
+    def select(self, adiff: np.ndarray) -> np.ndarray:
+        """Indices of units whose A_diff exceeds the cutoff (and is positive)."""
+        return np.flatnonzero((adiff > self.cutoff(adiff)) & (adiff > 0))
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value:g}"
+
+
+def choose_layers(layers: list[ProbeLayer], spec: str) -> list[ProbeLayer]:
+    """all | second-half | comma-separated node names; the output layer is never chosen."""
+    hidden = [layer for layer in layers if not layer.is_output]
+    if spec == "all":
+        return hidden
+    if spec == "second-half":
+        return hidden[len(hidden) // 2:]
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    by_name = {layer.name: layer for layer in layers}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise AuditError(f"--layers: unknown layer {unknown[0]!r}; known: "
+                         + ", ".join(layer.name for layer in hidden))
+    if any(by_name[n].is_output for n in names):
+        raise AuditError("--layers: the output layer is never reset")
+    return [by_name[n] for n in names]
+
+
+class ResetMask:
+    """Keeps reset units at their reset value through retraining."""
+
+    def __init__(self) -> None:
+        self._fixed: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # tensor, mask, value
+
+    def add(self, tensor: torch.Tensor, rows: np.ndarray, value: float) -> None:
+        mask = torch.zeros_like(tensor, dtype=torch.bool)
+        mask[torch.as_tensor(rows, dtype=torch.long)] = True
+        fill = torch.full_like(tensor, value)
+        self._fixed.append((tensor, mask, fill))
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for tensor, mask, fill in self._fixed:
+            tensor.data = torch.where(mask, fill, tensor.data)
+
+    def __len__(self) -> int:
+        return len(self._fixed)
+
+
+def reset_units(tm, layer: ProbeLayer, units: np.ndarray, keep: ResetMask) -> None:
+    """Zero (or set to the layer's median weight) the incoming weights and bias of units."""
+    mod = tm.layer_module(layer.name)
+    if mod is None:
+        raise AuditError(f"layer {layer.name!r} has no trainable torch module to reset")
+    value = float(mod.weight.detach().median()) if layer.activation in NONZERO_AT_ZERO else 0.0
+    keep.add(mod.weight, units, value)
+    if mod.bias is not None:
+        keep.add(mod.bias, units, value)
+    bn = following_batchnorm(tm, layer)
+    if bn is not None:  # a BN after the conv would re-add its shift: silence the channel there too
+        keep.add(bn.weight, units, 0.0)
+        keep.add(bn.bias, units, 0.0)
+
+
+def following_batchnorm(tm, layer: ProbeLayer) -> nn.Module | None:
+    graph = tm.graph.graph
+    out = next((n.output[0] for n in graph.node if n.name == layer.name), None)
+    for n in graph.node:
+        if n.op_type == "BatchNormalization" and n.input and n.input[0] == out:
+            mod = tm.submodule(n.name)
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                return mod
+    return None
+
+
+def reset_batchnorm_stats(module: nn.Module) -> int:
+    count = 0
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.reset_running_stats()
+            count += 1
+    return count
+
+
+@torch.no_grad()
+def reestimate_batchnorm(module: nn.Module, forward, x01: np.ndarray, batch_size: int = 128) -> None:
+    """Exact (cumulative) BN statistics over x01, computed in train mode without updates."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was = module.training
+    module.eval()  # dropout off; only the BN layers collect statistics
+    for m in bns:
+        m.train()
+    for i in range(0, len(x01), batch_size):
+        forward(torch.from_numpy(x01[i:i + batch_size]))
+    module.train(was)
+    for m, mom in saved:
+        m.momentum = mom

@@ -1,0 +1,102 @@
+"""Retraining on the small clean subset, keeping reset units at their reset value."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from audit.reset import ResetMask
+
+
+@dataclass
+class RetrainConfig:
+    epochs: int = 20
+    lr: float = 1e-4
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    optimizer: str = "adam"   # adam | sgd (momentum 0.9)
+    augment: bool = False     # random shifts of up to `shift` pixels
+    shift: int = 2
+    distill: float = 1.0      # weight of a distillation term (original model, clean images)
+    temperature: float = 4.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    if max_shift <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None]).clamp(0, h + 2 * max_shift - 1)
+    cols = (dx[:, None] + torch.arange(w)[None]).clamp(0, w + 2 * max_shift - 1)
+    idx_n = torch.arange(n)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cfg: RetrainConfig,
+            keep: ResetMask, *, seed: int = 0, augment_mask: np.ndarray | None = None,
+            teacher=None, distill_mask: np.ndarray | None = None, progress=None) -> list[float]:
+    """Fine-tune module (through forward) on (x01, y). Returns the mean loss per epoch.
+
+    augment_mask marks the samples that may be shifted (clean and stamped images; the
+    recovered masks are positional and stay as they are). With cfg.distill > 0 the samples in
+    distill_mask (clean images) also learn the teacher's softened scores: a few hundred hard
+    labels alone pull a converged model off its clean behaviour.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    xt = torch.from_numpy(x01)
+    yt = torch.from_numpy(y.astype(np.int64))
+    aug = torch.from_numpy(augment_mask) if augment_mask is not None else torch.ones(len(y), dtype=torch.bool)
+    soft = (torch.from_numpy(distill_mask) if distill_mask is not None
+            else torch.ones(len(y), dtype=torch.bool))
+    use_kd = teacher is not None and cfg.distill > 0
+    losses = []
+    module.train()
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(yt), generator=gen)
+        total, count = 0.0, 0
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            xb, yb = xt[idx], yt[idx]
+            if cfg.augment:
+                a = aug[idx]
+                if a.any():
+                    xb = xb.clone()
+                    xb[a] = _shift(xb[a], cfg.shift, gen)
+            logits = forward(xb)
+            loss = F.cross_entropy(logits, yb)
+            if use_kd:
+                d = soft[idx]
+                if d.any():
+                    t = cfg.temperature
+                    with torch.no_grad():
+                        target = F.softmax(teacher(xb[d]) / t, dim=1)
+                    kd = F.kl_div(F.log_softmax(logits[d] / t, dim=1), target,
+                                  reduction="batchmean") * t * t
+                    loss = loss + cfg.distill * kd * d.float().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            keep.apply()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        losses.append(total / max(count, 1))
+        if progress:
+            progress(epoch + 1, cfg.epochs)
+    module.eval()
+    return losses
