@@ -6,4 +6,16 @@ __version__ = "0.1.0"
 
 from audit.errors import AuditError, ConversionError, DataError, ModelError  # noqa: E402
 
-__all__ = ["AuditError", "ConversionError", "DataError", "ModelError", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import audit` stays cheap (no torch) until the API is used.
+    if name in ("launder", "detect", "verify"):
+        from audit import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'audit' has no attribute {name!r}")
+
+
+__all__ = ["AuditError", "ConversionError", "DataError", "ModelError", "__version__",
+           "detect", "launder", "verify"]

@@ -1,0 +1,79 @@
+"""audit launder: remove black-box backdoor watermarks with a small clean subset."""
+
+from __future__ import annotations
+
+import click
+
+from audit.cli import data_options, preprocess_from
+
+
+@click.command("launder")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(), required=True,
+              help="Small correctly-labelled clean subset (folder, .npz or IDX).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="Where to write the laundered .onnx (never the input).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for report.json and trigger PNGs.")
+@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dense-threshold", default="z:2.0", show_default=True,
+              help="DT: a number / abs:V (absolute A_diff), z:K (mean+K*std of the layer), top:F.")
+@click.option("--conv-threshold", default="z:2.0", show_default=True, help="CT, same forms as DT.")
+@click.option("--layers", default="all", show_default=True,
+              help="all | second-half | comma-separated layer names (see `audit inspect`).")
+@click.option("--epochs", type=int, default=20, show_default=True, help="Retraining epochs per round.")
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Retraining learning rate.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--distill", type=float, default=1.0, show_default=True,
+              help="Weight of distillation from the original model on clean images (0 = off).")
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Random shifts of clean and stamped images during retraining.")
+@click.option("--nc-epochs", type=int, default=40, show_default=True,
+              help="Neural Cleanse epochs (early stopping may end sooner).")
+@click.option("--nc-steps", type=int, default=8, show_default=True,
+              help="Neural Cleanse optimisation steps per epoch.")
+@click.option("--quiet", is_flag=True, help="No progress bars or summary.")
+@data_options
+def launder(model, data, output, report_dir, rounds, seed, dense_threshold, conv_threshold,
+            layers, epochs, lr, batch_size, distill, augment, nc_epochs, nc_steps, quiet, device,
+            **kw):
+    """Launder MODEL: recover triggers, reset the units they drive, retrain; write -o."""
+    from audit.api import launder as run_launder
+    from audit.launder import LaunderConfig
+    from audit.nc import NCConfig
+    from audit.reset import Threshold
+    from audit.retrain import RetrainConfig
+
+    Threshold.parse(dense_threshold)
+    Threshold.parse(conv_threshold)
+    pp = preprocess_from(kw)
+    cfg = LaunderConfig(rounds=rounds, seed=seed, dense_threshold=dense_threshold,
+                        conv_threshold=conv_threshold, layers=layers, device=device,
+                        nc=NCConfig(epochs=nc_epochs, steps_per_epoch=nc_steps),
+                        retrain=RetrainConfig(epochs=epochs, lr=lr, batch_size=batch_size,
+                                              distill=distill, augment=augment))
+    res = run_launder(model, data, output, preprocess=pp, config=cfg, report_dir=report_dir,
+                      device=device, quiet=quiet)
+    if not quiet:
+        _summary(res, output, report_dir)
+    return 0
+
+
+def _summary(res, output, report_dir) -> None:
+    e = click.echo
+    e(f"laundered -> {output}   ({res.seconds:.1f} s, {len(res.rounds)} round(s); {res.stop_reason})")
+    e(f"{'round':>5}  {'flagged':<10} {'likely':>6} {'least':>5} {'max idx':>7} "
+      f"{'units reset':>11} {'subset acc':>10}")
+    for r in res.rounds:
+        rec = r.recovery
+        flagged = ",".join(map(str, rec["flagged"])) or "-"
+        reset = sum(r.units_reset.values())
+        acc = "-" if r.stopped else f"{r.subset_accuracy:.4f}"
+        e(f"{r.round:>5}  {flagged:<10} {rec['most_likely_infected']:>6} {rec['least_likely']:>5} "
+          f"{max(rec['anomaly_index']):>7.2f} {reset:>11} {acc:>10}"
+          + ("  " + r.stopped if r.stopped else ""))
+    e(f"kept round {res.best_round}; subset accuracy {res.subset_accuracy_before:.4f} -> "
+      f"{res.subset_accuracy_after:.4f}")
+    if report_dir:
+        e(f"report: {report_dir}/report.json")
