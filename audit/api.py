@@ -93,3 +93,76 @@ def write_launder_report(report_dir, am: AuditModel, subset: Dataset, pp: Prepro
         "pictures": pictures,
     }
     return write_json(folder / "report.json", report)
+
+
+def detect(model, data, *, preprocess: Preprocess | None = None, config=None, seed: int = 0,
+           max_images: int | None = 1000, report_dir=None, device: str = "auto",
+           quiet: bool = True) -> dict:
+    """Neural Cleanse over every class; returns the summary dict (flagged, anomaly indices...)."""
+    import torch
+
+    from audit.converters.to_torch import to_torch
+    from audit.data import stratified_subset
+    from audit.forward import make_forward
+    from audit.nc import NCConfig, recover
+
+    pp = preprocess or Preprocess()
+    am = _model(model, device)
+    ds = _data(am, data)
+    if len(ds.classes()) < 2:
+        from audit.errors import DataError
+
+        raise DataError(f"{ds.source}: detection needs clean images of at least 2 classes")
+    if max_images and len(ds) > max_images:
+        ds = stratified_subset(ds, max_images, seed=seed)
+    tm = to_torch(am, am.model_input(ds.x[:128], pp))
+    for p in tm.module.parameters():
+        p.requires_grad_(False)
+    bars = Bars(quiet)
+    torch.manual_seed(seed)
+    try:
+        rec = recover(make_forward(tm, pp), ds.x, am.info.num_classes, config or NCConfig(),
+                      seed=seed, progress=lambda e, n: bars("recover", e, n))
+    finally:
+        bars.close()
+    out = {"model": str(am.path) if am.path else None, "n_images": len(ds), **rec.summary(),
+           "nc": rec.config, "suspected": bool(rec.flagged)}
+    if report_dir is not None:
+        folder = Path(report_dir)
+        write_recovery_pngs(folder, rec, ds.x[0])
+        write_json(folder / "report.json", {
+            "schema_version": SCHEMA_VERSION, "tool": f"audit {__version__}", "command": "detect",
+            "inputs": {"model_sha256": sha256_file(am.path) if am.path else None,
+                       "data": str(data) if not isinstance(data, Dataset) else ds.source,
+                       "data_sha256": input_digest(data) if not isinstance(data, Dataset) else None},
+            "preprocess": pp.to_dict(), **out})
+    return out
+
+
+def verify(model, triggers, *, vanilla=None, null_rate: float | None = None, alpha: float = 0.01,
+           preprocess: Preprocess | None = None, device: str = "auto"):
+    """Watermark accuracy of model on triggers vs the vanilla rate (one-sided binomial test)."""
+    from audit.errors import ModelError
+    from audit.verify import verify_predictions
+
+    pp = preprocess or Preprocess()
+    am = _model(model, device)
+    trig = _data(am, triggers)
+    pred = am.predict(trig.x, pp)
+    vanilla_hits = None
+    if vanilla is not None:
+        va = _model(vanilla, device)
+        a, b = am.info, va.info
+        if (a.channels, a.height, a.width) != (b.channels, b.height, b.width):
+            raise ModelError(f"vanilla model input {b.channels}x{b.height}x{b.width} differs from "
+                             f"the model's {a.channels}x{a.height}x{a.width}")
+        if a.num_classes != b.num_classes:
+            raise ModelError(f"vanilla model has {b.num_classes} classes, the model {a.num_classes}")
+        vanilla_hits = int((va.predict(trig.x, pp) == trig.y).sum())
+        rate, source = vanilla_hits / len(trig), f"model:{vanilla}"
+    elif null_rate is not None:
+        rate, source = float(null_rate), "given"
+    else:
+        rate, source = 1.0 / am.info.num_classes, "chance"
+    return verify_predictions(pred, trig.y, rate, alpha=alpha, vanilla_source=source,
+                              vanilla_hits=vanilla_hits)
