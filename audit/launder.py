@@ -171,11 +171,15 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
 
         t = time.perf_counter()
         reset_batchnorm_stats(tm.module)
-        x_train, y_train, aug = _retraining_set(subset, stamped, stamped_y, rec, used,
-                                                  cfg.mask_share)
+        sink = _sink_class(rec, suspects)
+        x_train, y_train, aug = _retraining_set(subset, stamped, stamped_y, rec, used, sink,
+                                                cfg.mask_share)
         losses = retrain(tm.module, forward, x_train, y_train, cfg.retrain, keep,
                          seed=cfg.seed + r, augment_mask=aug, teacher=teacher,
                          distill_mask=np.arange(len(y_train)) < len(subset),
+                         target_mask=torch.from_numpy(
+                             (np.arange(len(y_train)) >= len(subset))
+                             & (np.arange(len(y_train)) < len(subset) + len(stamped))),
                          progress=(lambda e, n, r=r: progress(f"round {r}: retrain", e, n))
                          if progress else None)
         reestimate_batchnorm(tm.module, forward, subset.x)
@@ -210,8 +214,16 @@ def _stopped(r: int, rec: Recovery, reason: str, times: dict) -> RoundResult:
                        stamped_accuracy=float("nan"), losses=[], seconds=times, stopped=reason)
 
 
+def _sink_class(rec: Recovery, suspects: set[int]) -> int:
+    """The least likely infected class that was never a suspect: masks are labelled with it."""
+    for k in np.argsort(-rec.norms):
+        if int(k) not in suspects:
+            return int(k)
+    return rec.least_likely
+
+
 def _retraining_set(subset: Dataset, stamped: np.ndarray, stamped_y: np.ndarray, rec: Recovery,
-                    used: list[int], share: float):
+                    used: list[int], sink: int, share: float):
     """Clean + stamped (true labels) + recovered masks and triggers (least likely class)."""
     c = subset.x.shape[1]
     masks = np.repeat(rec.masks[used], c, axis=1)
@@ -220,7 +232,7 @@ def _retraining_set(subset: Dataset, stamped: np.ndarray, stamped_y: np.ndarray,
     reps = max(1, int(round(share * (len(subset) + len(stamped)) / max(len(extra), 1))))
     extra = np.tile(extra, (reps, 1, 1, 1))
     x = np.concatenate([subset.x, stamped, extra]).astype(np.float32)
-    y = np.concatenate([subset.y, stamped_y, np.full(len(extra), rec.least_likely)]).astype(np.int64)
+    y = np.concatenate([subset.y, stamped_y, np.full(len(extra), sink)]).astype(np.int64)
     aug = np.concatenate([np.ones(len(subset) + len(stamped), bool), np.zeros(len(extra), bool)])
     return x, y, aug
 

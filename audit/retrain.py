@@ -21,6 +21,9 @@ class RetrainConfig:
     augment: bool = False     # random shifts of up to `shift` pixels
     shift: int = 2
     distill: float = 1.0      # weight of a distillation term (original model, clean images)
+    # after `epochs`, go on (up to max_epochs) until the stamped images are learnt to this level
+    target_accuracy: float = 0.99
+    max_epochs: int = 60
     temperature: float = 4.0
 
     def to_dict(self) -> dict:
@@ -43,13 +46,16 @@ def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tenso
 
 def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cfg: RetrainConfig,
             keep: ResetMask, *, seed: int = 0, augment_mask: np.ndarray | None = None,
-            teacher=None, distill_mask: np.ndarray | None = None, progress=None) -> list[float]:
+            teacher=None, distill_mask: np.ndarray | None = None,
+            target_mask: np.ndarray | None = None, progress=None) -> list[float]:
     """Fine-tune module (through forward) on (x01, y). Returns the mean loss per epoch.
 
     augment_mask marks the samples that may be shifted (clean and stamped images; the
     recovered masks are positional and stay as they are). With cfg.distill > 0 the samples in
     distill_mask (clean images) also learn the teacher's softened scores: a few hundred hard
-    labels alone pull a converged model off its clean behaviour.
+    labels alone pull a converged model off its clean behaviour. With target_mask (the
+    stamped images), training continues past cfg.epochs until those are classified with
+    cfg.target_accuracy, or cfg.max_epochs is reached.
     """
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -65,7 +71,11 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
     use_kd = teacher is not None and cfg.distill > 0
     losses = []
     module.train()
-    for epoch in range(cfg.epochs):
+    total_epochs = max(cfg.epochs, cfg.max_epochs) if target_mask is not None else cfg.epochs
+    for epoch in range(total_epochs):
+        if epoch >= cfg.epochs and _accuracy(module, forward, xt[target_mask], yt[target_mask]) \
+                >= cfg.target_accuracy:
+            break
         perm = torch.randperm(len(yt), generator=gen)
         total, count = 0.0, 0
         for i in range(0, len(perm), cfg.batch_size):
@@ -97,6 +107,16 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
             count += len(idx)
         losses.append(total / max(count, 1))
         if progress:
-            progress(epoch + 1, cfg.epochs)
+            progress(min(epoch + 1, cfg.epochs), cfg.epochs)
     module.eval()
     return losses
+
+
+@torch.no_grad()
+def _accuracy(module, forward, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    was = module.training
+    module.eval()
+    correct = sum(int((forward(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                  for i in range(0, len(y), batch_size))
+    module.train(was)
+    return correct / max(len(y), 1)

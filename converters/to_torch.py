@@ -66,9 +66,24 @@ def logits_graph(am: AuditModel) -> onnx.ModelProto:
     del m.graph.output[:]
     m.graph.output.extend(keep)
     m, _ = P.strip_output_softmax(m, P.PassContext())
+    _remove_dead_nodes(m)  # e.g. skl2onnx's label branch (ArgMax, ai.onnx.ml ops)
     if m.ir_version < 4:  # IR 3 requires initializers listed as inputs; we removed them
         m.ir_version = 4
     return m
+
+
+def _remove_dead_nodes(m: onnx.ModelProto) -> None:
+    """Drop nodes (and initializers) the graph outputs do not depend on; in place."""
+    needed = {o.name for o in m.graph.output}
+    keep = []
+    for n in reversed(m.graph.node):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(i for i in n.input if i)
+    if len(keep) != len(m.graph.node):
+        del m.graph.node[:]
+        m.graph.node.extend(reversed(keep))
+        P._remove_unused_initializers(m)
 
 
 def to_torch(am: AuditModel, x_check: np.ndarray | None = None, *, atol: float = PARITY_ATOL,

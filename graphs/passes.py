@@ -443,15 +443,29 @@ def _shape_has_no_zero(name: str, inits, prods) -> bool:
     return False
 
 
+_SCORE_PASS_THROUGH = ("Identity", "Reshape", "Flatten", "Squeeze", "Cast", "Dropout")
+
+
 def strip_output_softmax(model: onnx.ModelProto, ctx: PassContext):
     """Expose the scores before a final Softmax/LogSoftmax, so training sees logits."""
     out = model.graph.output[0].name
     prods = producers(model)
     node = prods.get(out)
+    chain = []  # shape-only ops between the softmax and the output (skl2onnx: an Identity)
+    while node is not None and node.op_type in _SCORE_PASS_THROUGH:
+        chain.append(node)
+        node = prods.get(node.input[0])
     if node is None or node.op_type not in ("Softmax", "LogSoftmax"):
         return model, False
     m = copy_model(model)
     pre = node.input[0]
+    if chain:  # feed the chain with the scores; the softmax goes when nothing else reads it
+        for n in m.graph.node:
+            if n.name == chain[-1].name:
+                n.input[0] = pre
+        if not any(node.output[0] in n.input for n in m.graph.node):
+            m.graph.node.remove(next(n for n in m.graph.node if n.name == node.name))
+        return m, True
     m.graph.node.remove(next(n for n in m.graph.node if n.name == node.name))
     vi = helper.make_tensor_value_info(pre, onnx.TensorProto.FLOAT, None)
     vi.type.CopyFrom(m.graph.output[0].type)
@@ -480,11 +494,17 @@ def dynamic_batch(model: onnx.ModelProto, ctx: PassContext):
     for n in m.graph.node:
         if n.op_type == "Reshape" and n.input[0] in data_tensors and n.input[1] in inits:
             shape = inits[n.input[1]].copy()
-            if shape.size and shape[0] == 1 and -1 not in shape[1:]:
+            if not shape.size or shape[0] != 1:
+                continue
+            if -1 not in shape[1:]:
                 shape[0] = -1
-                new = _unique(m, n.input[1] + "_dyn")
-                m.graph.initializer.append(numpy_helper.from_array(shape.astype(np.int64), new))
-                n.input[1] = new
+            elif 0 not in shape and attr(n, "allowzero", 0) == 0:
+                shape[0] = 0  # [1, -1] -> [0, -1]: copy the batch dim, keep the inferred one
+            else:
+                continue
+            new = _unique(m, n.input[1] + "_dyn")
+            m.graph.initializer.append(numpy_helper.from_array(shape.astype(np.int64), new))
+            n.input[1] = new
     _remove_unused_initializers(m)
     return m, True
 

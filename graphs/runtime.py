@@ -60,7 +60,7 @@ def torch_device(device: str = "auto") -> str:
 def make_session(model: onnx.ModelProto, device: str = "auto", *, optimize: bool = True,
                  threads: int | None = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # failures surface as exceptions, not log lines on stderr
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:
