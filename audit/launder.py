@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,8 @@ class RoundResult:
     losses: list[float]
     seconds: dict[str, float]
     stopped: str | None = None
+    lr: float | None = None
+    lr_scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -121,6 +123,7 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
     best_state, best_acc, best_round = None, -1.0, 0
     ll0 = None
     suspects: set[int] = set()
+    chosen_lr, lr_scores = None, {}
     stop = f"completed {cfg.rounds} round(s)"
     for r in range(1, cfg.rounds + 1):
         times: dict[str, float] = {}
@@ -172,14 +175,14 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
         t = time.perf_counter()
         reset_batchnorm_stats(tm.module)
         sink = _sink_class(rec, suspects)
-        x_train, y_train, aug = _retraining_set(subset, stamped, stamped_y, rec, used, sink,
-                                                cfg.mask_share)
-        losses = retrain(tm.module, forward, x_train, y_train, cfg.retrain, keep,
+        parts = (subset, stamped, stamped_y, rec, used, sink, cfg.mask_share)
+        if cfg.retrain.lr is None and chosen_lr is None:
+            chosen_lr, lr_scores = _choose_lr(tm, forward, parts, cfg, keep, teacher, cfg.seed + r)
+        rcfg = replace(cfg.retrain, lr=chosen_lr if cfg.retrain.lr is None else cfg.retrain.lr)
+        x_train, y_train, aug, distill_mask, target_mask = _retraining_set(*parts)
+        losses = retrain(tm.module, forward, x_train, y_train, rcfg, keep,
                          seed=cfg.seed + r, augment_mask=aug, teacher=teacher,
-                         distill_mask=np.arange(len(y_train)) < len(subset),
-                         target_mask=torch.from_numpy(
-                             (np.arange(len(y_train)) >= len(subset))
-                             & (np.arange(len(y_train)) < len(subset) + len(stamped))),
+                         distill_mask=distill_mask, target_mask=torch.from_numpy(target_mask),
                          progress=(lambda e, n, r=r: progress(f"round {r}: retrain", e, n))
                          if progress else None)
         reestimate_batchnorm(tm.module, forward, subset.x)
@@ -189,6 +192,7 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
         stamped_acc = _torch_accuracy(forward, stamped, stamped_y)
         rounds.append(RoundResult(round=r, recovery=rec.summary(), triggers_used=used,
                                   units_reset=reset_counts, thresholds=cutoffs,
+                                  lr=rcfg.lr, lr_scores=lr_scores if r == 1 else {},
                                   subset_accuracy=acc, stamped_accuracy=stamped_acc,
                                   losses=losses, seconds=times))
         if on_round:
@@ -233,8 +237,58 @@ def _retraining_set(subset: Dataset, stamped: np.ndarray, stamped_y: np.ndarray,
     extra = np.tile(extra, (reps, 1, 1, 1))
     x = np.concatenate([subset.x, stamped, extra]).astype(np.float32)
     y = np.concatenate([subset.y, stamped_y, np.full(len(extra), sink)]).astype(np.int64)
-    aug = np.concatenate([np.ones(len(subset) + len(stamped), bool), np.zeros(len(extra), bool)])
-    return x, y, aug
+    n, s = len(subset), len(stamped)
+    idx = np.arange(len(y))
+    aug = idx < n + s                  # masks are positional: never shifted
+    distill_mask = idx < n             # the original model is trusted on clean images only
+    target_mask = (idx >= n) & (idx < n + s)
+    return x, y, aug, distill_mask, target_mask
+
+
+LR_CANDIDATES = (1e-3, 3e-4, 1e-4)
+
+
+def _choose_lr(tm, forward, parts, cfg: LaunderConfig, keep: ResetMask, teacher, seed: int
+               ) -> tuple[float, dict[str, float]]:
+    """Pick the retraining rate on a 20% hold-out of the subset (clean and stamped loss).
+
+    How hard a converged model can be pushed by a few hundred images varies by an order of
+    magnitude between models; a short trial per candidate rate is cheap at this data size.
+    """
+    subset, stamped, stamped_y, rec, used, sink, share = parts
+    rng = np.random.default_rng(seed)
+    n = len(subset)
+    order = rng.permutation(n)
+    hold = order[: max(2, n // 5)]
+    train_idx = order[max(2, n // 5):]
+    reps = len(stamped) // n
+    st_idx = np.concatenate([train_idx + i * n for i in range(reps)])
+    ho_idx = np.concatenate([hold + i * n for i in range(reps)])
+    part = (subset.subset(train_idx), stamped[st_idx], stamped_y[st_idx], rec, used, sink, share)
+    x, y, aug, dm, tmask = _retraining_set(*part)
+    start = copy.deepcopy(tm.module.state_dict())
+    scores = {}
+    for lr in LR_CANDIDATES:
+        tm.module.load_state_dict(start)
+        keep.apply()
+        trial = replace(cfg.retrain, lr=lr, max_epochs=cfg.retrain.epochs)
+        retrain(tm.module, forward, x, y, trial, keep, seed=seed, augment_mask=aug,
+                teacher=teacher, distill_mask=dm)
+        # held-out cross-entropy: continuous, so it separates rates that a few dozen
+        # images' accuracy cannot
+        clean = _torch_loss(forward, subset.x[hold], subset.y[hold])
+        stamp = _torch_loss(forward, stamped[ho_idx], stamped_y[ho_idx])
+        scores[f"{lr:g}"] = -(clean + stamp) / 2
+    tm.module.load_state_dict(start)
+    keep.apply()
+    best = max(LR_CANDIDATES, key=lambda lr: (scores[f"{lr:g}"], lr))
+    return best, scores
+
+
+@torch.no_grad()
+def _torch_loss(forward, x01: np.ndarray, y: np.ndarray) -> float:
+    logits = forward(torch.from_numpy(x01))
+    return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y.astype(np.int64))))
 
 
 @torch.no_grad()

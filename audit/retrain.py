@@ -14,7 +14,7 @@ from audit.reset import ResetMask
 @dataclass
 class RetrainConfig:
     epochs: int = 20
-    lr: float = 1e-4
+    lr: float | None = None   # None: chosen per model on a hold-out (see launder._choose_lr)
     batch_size: int = 32
     weight_decay: float = 0.0
     optimizer: str = "adam"   # adam | sgd (momentum 0.9)

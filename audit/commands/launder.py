@@ -23,7 +23,9 @@ from audit.cli import data_options, preprocess_from
 @click.option("--layers", default="all", show_default=True,
               help="all | second-half | comma-separated layer names (see `audit inspect`).")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Retraining epochs per round.")
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Retraining learning rate.")
+@click.option("--lr", default="auto", show_default=True,
+              help="Retraining learning rate, or auto: chosen among 1e-3, 3e-4, 1e-4 on a "
+                   "20% hold-out of the subset in round 1.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--distill", type=float, default=1.0, show_default=True,
               help="Weight of distillation from the original model on clean images (0 = off).")
@@ -45,13 +47,19 @@ def launder(model, data, output, report_dir, rounds, seed, dense_threshold, conv
     from audit.reset import Threshold
     from audit.retrain import RetrainConfig
 
+    from audit.errors import AuditError
+
+    try:
+        lr_value = None if str(lr).lower() == "auto" else float(lr)
+    except ValueError:
+        raise AuditError(f"--lr: expected a number or auto, got {lr!r}") from None
     Threshold.parse(dense_threshold)
     Threshold.parse(conv_threshold)
     pp = preprocess_from(kw)
     cfg = LaunderConfig(rounds=rounds, seed=seed, dense_threshold=dense_threshold,
                         conv_threshold=conv_threshold, layers=layers, device=device,
                         nc=NCConfig(epochs=nc_epochs, steps_per_epoch=nc_steps),
-                        retrain=RetrainConfig(epochs=epochs, lr=lr, batch_size=batch_size,
+                        retrain=RetrainConfig(epochs=epochs, lr=lr_value, batch_size=batch_size,
                                               distill=distill, augment=augment))
     res = run_launder(model, data, output, preprocess=pp, config=cfg, report_dir=report_dir,
                       device=device, quiet=quiet)
