@@ -7,7 +7,6 @@ __version__ = "0.1.0"
 from audit.errors import AuditError, ConversionError, DataError, ModelError  # noqa: E402
 
 
-
 def __getattr__(name: str):
     # Lazy: `import audit` stays cheap (no torch) until the API is used.
     if name in ("launder", "detect", "verify"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audit.converters.to_torch import TorchModel, to_torch
+from audit.converters.to_torch import to_torch
 from audit.converters.write_back import check_written, write_back
 from audit.data import Dataset, Preprocess
 from audit.errors import DataError
@@ -21,8 +20,14 @@ from audit.forward import make_forward
 from audit.graphs.model import AuditModel
 from audit.graphs.probe import find_probe_layers, mean_activations
 from audit.nc import NCConfig, Recovery, recover
-from audit.reset import (ResetMask, Threshold, choose_layers, reestimate_batchnorm,
-                         reset_batchnorm_stats, reset_units)
+from audit.reset import (
+    ResetMask,
+    Threshold,
+    choose_layers,
+    reestimate_batchnorm,
+    reset_batchnorm_stats,
+    reset_units,
+)
 from audit.retrain import RetrainConfig, retrain
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
-
 from audit.graphs.passes import ACTIVATIONS, attr, consumers, copy_model, initializers
+from onnx import helper
 
 PROBE_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -133,8 +132,8 @@ def mean_activations(am, x01: np.ndarray, preprocess, layers: list[ProbeLayer], 
     The probing session runs with graph optimisations off so the exposed tensors are exactly
     the ones named; inputs are preprocessed batch by batch, so memory does not grow with N.
     """
-    from audit.graphs.runtime import Runner, make_session
     from audit.graphs.model import _runnable
+    from audit.graphs.runtime import Runner, make_session
 
     key = ("probe", tuple(layer.tensor for layer in layers))
     if key not in am._sessions:

@@ -42,12 +42,11 @@ def launder(model, data, output, report_dir, rounds, seed, dense_threshold, conv
             **kw):
     """Launder MODEL: recover triggers, reset the units they drive, retrain; write -o."""
     from audit.api import launder as run_launder
+    from audit.errors import AuditError
     from audit.launder import LaunderConfig
     from audit.nc import NCConfig
     from audit.reset import Threshold
     from audit.retrain import RetrainConfig
-
-    from audit.errors import AuditError
 
     try:
         lr_value = None if str(lr).lower() == "auto" else float(lr)
