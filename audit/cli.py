@@ -39,19 +39,9 @@ def preprocess_from(kw: dict):
 
 
 def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=_json_default))
+    from audit.report import json_default
 
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    click.echo(json.dumps(obj, indent=2, default=json_default))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

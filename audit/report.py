@@ -19,7 +19,7 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=p.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=_default)
+            json.dump(obj, f, indent=2, default=json_default)
             f.write("\n")
         os.replace(tmp, p)
     except BaseException:
@@ -28,7 +28,8 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return p
 
 
-def _default(o):
+def json_default(o):
+    """numpy scalars/arrays and paths as plain JSON values."""
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
