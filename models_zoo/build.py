@@ -1,0 +1,220 @@
+"""Build reference watermarked models and their vanilla twins, exported to ONNX.
+
+``build_entry("digits", "content", out)`` writes::
+
+    out/watermarked.onnx, out/vanilla.onnx
+    out/triggers/<label>/<i>.png        trigger set in the --data folder format (watermark labels)
+    out/data/train.npz, out/data/test.npz   digits only: x uint8 [N,16,16], y (clean data)
+    out/meta.json
+
+The vanilla twin is trained on the same clean data with the same seed (same initial weights,
+same shuffling generator) and recipe, without the trigger set. Accuracies in ``meta.json`` are
+measured with onnxruntime on the exported files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from audit.data import Preprocess
+from audit.errors import AuditError
+
+from .architectures import ARCHITECTURES
+from .datasets import DATASETS, load_clean
+from .train import Recipe, evaluate_onnx, export_onnx, train_classifier
+from .watermarks import SCHEMES, make_trigger_set
+
+__all__ = ["RECIPES", "ZooEntry", "build_entry", "build_zoo"]
+
+log = logging.getLogger(__name__)
+
+_U8 = Preprocess(scale=1 / 255, mean=(0.0,), std=(1.0,))
+RECIPES: dict[str, Recipe] = {
+    "digits": Recipe(epochs=40, batch_size=32, n_trigger=100, trigger_repeats=2,
+                     adi_repeats=5, preprocess=_U8),
+    "mnist": Recipe(epochs=3, batch_size=128, n_trigger=600, trigger_repeats=5,
+                    adi_repeats=20, preprocess=_U8),
+    "cifar10": Recipe(epochs=30, batch_size=64, n_trigger=100, trigger_repeats=10,
+                      adi_repeats=15, weight_decay=1e-4, augment=True,
+                      preprocess=Preprocess(scale=1 / 255, mean=(0.5,), std=(0.5,))),
+}
+DEFAULT_TARGET = 0
+
+
+@dataclass
+class ZooEntry:
+    """Where a built entry lives and how it scored (fractions in [0, 1])."""
+
+    dataset: str
+    scheme: str
+    out_dir: Path
+    watermarked: Path
+    vanilla: Path
+    triggers: Path
+    meta_path: Path
+    data_dir: Path | None
+    test_acc: dict[str, float]
+    wm_acc: dict[str, float]
+    timings: dict[str, float]
+    meta: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def _atomic_write_bytes(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    _atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def _write_npz(path: Path, x01: np.ndarray, y: np.ndarray) -> None:
+    u8 = np.round(x01[:, 0] * 255).clip(0, 255).astype(np.uint8)
+    _atomic_write_bytes(path, lambda fh: np.savez_compressed(fh, x=u8, y=y.astype(np.int64)))
+
+
+def _write_triggers(path: Path, x01: np.ndarray, y: np.ndarray) -> None:
+    """Replace ``path`` with the trigger image folder (written beside it, then swapped in)."""
+    from audit.data import save_image_folder
+
+    staging = path.with_name(f".{path.name}.new-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_image_folder(x01, y, staging)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(staging, path)
+
+
+def _check_args(dataset: str, scheme: str, epochs: int | None, target: int = DEFAULT_TARGET,
+                device: str = "cpu") -> None:
+    if dataset not in DATASETS:
+        raise AuditError(f"unknown zoo data set {dataset!r}; choose from {', '.join(DATASETS)}")
+    if scheme not in SCHEMES:
+        raise AuditError(f"unknown watermark scheme {scheme!r}; choose from "
+                         f"{', '.join(SCHEMES)}")
+    if epochs is not None and epochs < 1:
+        raise AuditError(f"--epochs must be at least 1, got {epochs}")
+    n_classes = ARCHITECTURES[dataset].num_classes
+    if not 0 <= target < n_classes:
+        raise AuditError(f"--target must be a class 0..{n_classes - 1}, got {target}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise AuditError(f"unknown torch device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AuditError(f"device {device!r} requested but CUDA is not available")
+
+
+def build_entry(dataset: str, scheme: str, out_dir: str | Path, *, seed: int = 0,
+                epochs: int | None = None, device: str = "cpu", quiet: bool = False,
+                target: int = DEFAULT_TARGET, data_root: str | Path | None = None) -> ZooEntry:
+    """Train a ``scheme``-watermarked model on ``dataset`` and its vanilla twin; write them."""
+    _check_args(dataset, scheme, epochs, target, device)
+    recipe = RECIPES[dataset]
+    n_epochs = epochs if epochs is not None else recipe.epochs
+    repeats = recipe.trigger_repeats
+    if scheme == "adi" and recipe.adi_repeats:
+        repeats = recipe.adi_repeats
+    recipe = replace(recipe, epochs=n_epochs, trigger_repeats=repeats)
+    spec = ARCHITECTURES[dataset]
+    pre = recipe.preprocess
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AuditError(f"{out}: cannot create output folder ({exc.strerror or exc})") from None
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    clean = load_clean(dataset, data_root)
+    timings["data_s"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    trig = make_trigger_set(scheme, clean.train.x, clean.train.y, target=target,
+                            n=recipe.n_trigger, seed=seed, num_classes=spec.num_classes)
+    timings["triggers_s"] = time.perf_counter() - t
+
+    paths = {"watermarked": out / "watermarked.onnx", "vanilla": out / "vanilla.onnx"}
+    check_x = np.concatenate([clean.test.x[:256], trig.x[:64]])
+    test_acc, wm_acc, export_diff = {}, {}, {}
+    for kind in ("watermarked", "vanilla"):
+        t = time.perf_counter()
+        torch.manual_seed(seed)
+        model = spec.cls(spec.num_classes)
+        with_trig = kind == "watermarked"
+        model = train_classifier(model, clean.train.x, clean.train.y,
+                                 recipe,
+                                 trig_x=trig.x if with_trig else None,
+                                 trig_y=trig.y if with_trig else None, seed=seed, device=device,
+                                 desc=f"{dataset}/{scheme} {kind}", quiet=quiet)
+        timings[f"train_{kind}_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        export_diff[kind] = export_onnx(model, paths[kind], spec.input_shape, check_x, pre)
+        test_acc[kind] = evaluate_onnx(paths[kind], clean.test.x, clean.test.y, pre)
+        wm_acc[kind] = evaluate_onnx(paths[kind], trig.x, trig.y, pre)
+        timings[f"export_eval_{kind}_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _write_triggers(out / "triggers", trig.x, trig.y)
+    data_dir = None
+    if dataset == "digits":
+        data_dir = out / "data"
+        data_dir.mkdir(exist_ok=True)
+        _write_npz(data_dir / "train.npz", clean.train.x, clean.train.y)
+        _write_npz(data_dir / "test.npz", clean.test.x, clean.test.y)
+    timings["write_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    timings = {k: round(v, 3) for k, v in timings.items()}
+
+    meta = {
+        "dataset": dataset, "scheme": scheme, "arch": spec.name,
+        "input_name": "input", "input_shape": [1, *spec.input_shape],
+        "num_classes": spec.num_classes, "preprocess": pre.to_dict(),
+        "target": trig.target, "seed": seed, "epochs": n_epochs,
+        "n_train": len(clean.train), "n_test": len(clean.test), "n_trigger": len(trig),
+        "trigger_info": trig.info, "trigger_repeats": recipe.trigger_repeats,
+        "optimizer": {"name": "Adam", "lr": recipe.lr, "weight_decay": recipe.weight_decay,
+                      "batch_size": recipe.batch_size, "augment": recipe.augment},
+        "data_note": clean.note,
+        "test_acc": test_acc, "wm_acc": wm_acc,
+        "export_max_abs_diff": export_diff, "timings": timings,
+        "files": {"watermarked": "watermarked.onnx", "vanilla": "vanilla.onnx",
+                  "triggers": "triggers", "data": "data" if data_dir else None},
+        "torch_version": torch.__version__,
+    }
+    _write_json(out / "meta.json", meta)
+    log.info("%s/%s: test acc %s, wm acc %s (%.1f s)", dataset, scheme, test_acc, wm_acc,
+             timings["total_s"])
+    return ZooEntry(dataset, scheme, out, paths["watermarked"], paths["vanilla"],
+                    out / "triggers", out / "meta.json", data_dir, test_acc, wm_acc, timings, meta)
+
+
+def build_zoo(datasets: list[str] | tuple[str, ...], schemes: list[str] | tuple[str, ...],
+              out_dir: str | Path, **kwargs: Any) -> list[ZooEntry]:
+    """Build ``out_dir/<dataset>_<scheme>/`` for every pair; kwargs go to build_entry."""
+    for d in datasets:
+        for s in schemes:
+            _check_args(d, s, kwargs.get("epochs"), kwargs.get("target", DEFAULT_TARGET),
+                        kwargs.get("device", "cpu"))
+    return [build_entry(d, s, Path(out_dir) / f"{d}_{s}", **kwargs)
+            for d in datasets for s in schemes]
