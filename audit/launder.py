@@ -43,7 +43,7 @@ class LaunderConfig:
     layers: str = "all"
     nc: NCConfig = field(default_factory=NCConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
-    mask_share: float = 0.02     # recovered masks/triggers (label: least likely) as share of data
+    ood_share: float = 0.1       # masks/triggers/scribbles labelled as the sink class, share of data
     device: str = "auto"
 
     def to_dict(self) -> dict:
@@ -180,7 +180,7 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
         t = time.perf_counter()
         reset_batchnorm_stats(tm.module)
         sink = _sink_class(rec, suspects)
-        parts = (subset, stamped, stamped_y, rec, used, sink, cfg.mask_share)
+        parts = (subset, stamped, stamped_y, rec, used, sink, cfg.ood_share, cfg.seed + r)
         if cfg.retrain.lr is None and chosen_lr is None:
             chosen_lr, lr_scores = _choose_lr(tm, forward, parts, cfg, keep, teacher, cfg.seed + r)
         rcfg = replace(cfg.retrain, lr=chosen_lr if cfg.retrain.lr is None else cfg.retrain.lr)
@@ -231,15 +231,50 @@ def _sink_class(rec: Recovery, suspects: set[int]) -> int:
     return rec.least_likely
 
 
+def scribbles(n: int, c: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Random strokes, ellipses and polygons on a dark ground: generic out-of-distribution images.
+
+    Stand-ins for the "unrelated" and abstract-image watermarks a black-box launderer cannot
+    see; labelled as the sink class they compete with whatever label such images were given.
+    """
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, c, h, w), np.float32)
+    mode = "L" if c == 1 else "RGB"
+    for i in range(n):
+        im = Image.new(mode, (w, h), 0 if c == 1 else (0, 0, 0))
+        d = ImageDraw.Draw(im)
+        for _ in range(int(rng.integers(1, 5))):
+            col = int(rng.integers(96, 256)) if c == 1 else tuple(int(v) for v in rng.integers(0, 256, 3))
+            pts = [(float(rng.uniform(0, w)), float(rng.uniform(0, h))) for _ in range(int(rng.integers(2, 5)))]
+            kind = rng.integers(0, 3)
+            width = max(1, int(round(min(h, w) * rng.uniform(0.04, 0.12))))
+            if kind == 0:
+                d.line(pts, fill=col, width=width)
+            elif kind == 1 and len(pts) >= 2:
+                (x0, y0), (x1, y1) = pts[0], pts[1]
+                d.ellipse([min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1], outline=col,
+                          width=width)
+            else:
+                d.polygon(pts, fill=col)
+        a = np.asarray(im, np.float32) / 255.0
+        out[i] = a[None] if c == 1 else a.transpose(2, 0, 1)[:c]
+    return out
+
+
 def _retraining_set(subset: Dataset, stamped: np.ndarray, stamped_y: np.ndarray, rec: Recovery,
-                    used: list[int], sink: int, share: float):
-    """Clean + stamped (true labels) + recovered masks and triggers (least likely class)."""
-    c = subset.x.shape[1]
-    masks = np.repeat(rec.masks[used], c, axis=1)
-    triggers = rec.masks[used] * rec.patterns[used]
-    extra = np.concatenate([masks, triggers]).astype(np.float32)
-    reps = max(1, int(round(share * (len(subset) + len(stamped)) / max(len(extra), 1))))
-    extra = np.tile(extra, (reps, 1, 1, 1))
+                    used: list[int], sink: int, share: float, ood_seed: int = 0):
+    """Clean + stamped (true labels) + out-of-distribution images labelled as the sink class.
+
+    The OOD part holds every class's recovered mask, trigger (mask*pattern) and pattern, plus
+    generic scribbles, together ``share`` of the clean and stamped images.
+    """
+    n_c, c, h, w = subset.x.shape
+    masks = np.repeat(rec.masks, c, axis=1)
+    recovered = np.concatenate([masks, rec.masks * rec.patterns, rec.patterns]).astype(np.float32)
+    n_ood = max(len(recovered), int(round(share * (len(subset) + len(stamped)))))
+    extra = np.concatenate([recovered, scribbles(max(0, n_ood - len(recovered)), c, h, w, ood_seed)])
     x = np.concatenate([subset.x, stamped, extra]).astype(np.float32)
     y = np.concatenate([subset.y, stamped_y, np.full(len(extra), sink)]).astype(np.int64)
     n, s = len(subset), len(stamped)
@@ -260,7 +295,7 @@ def _choose_lr(tm, forward, parts, cfg: LaunderConfig, keep: ResetMask, teacher,
     How hard a converged model can be pushed by a few hundred images varies by an order of
     magnitude between models; a short trial per candidate rate is cheap at this data size.
     """
-    subset, stamped, stamped_y, rec, used, sink, share = parts
+    subset, stamped, stamped_y, rec, used, sink, share, ood_seed = parts
     rng = np.random.default_rng(seed)
     n = len(subset)
     order = rng.permutation(n)
@@ -269,7 +304,8 @@ def _choose_lr(tm, forward, parts, cfg: LaunderConfig, keep: ResetMask, teacher,
     reps = len(stamped) // n
     st_idx = np.concatenate([train_idx + i * n for i in range(reps)])
     ho_idx = np.concatenate([hold + i * n for i in range(reps)])
-    part = (subset.subset(train_idx), stamped[st_idx], stamped_y[st_idx], rec, used, sink, share)
+    part = (subset.subset(train_idx), stamped[st_idx], stamped_y[st_idx], rec, used, sink, share,
+            ood_seed)
     x, y, aug, dm, tmask = _retraining_set(*part)
     start = copy.deepcopy(tm.module.state_dict())
     scores = {}
