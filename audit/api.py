@@ -10,6 +10,7 @@ import numpy as np
 
 from audit import __version__
 from audit.data import Dataset, Preprocess
+from audit.errors import AuditError
 from audit.graphs.io import had_external_data, save_model, sha256_file
 from audit.graphs.model import AuditModel
 from audit.launder import LaunderConfig, LaunderResult, launder_model
@@ -50,8 +51,7 @@ def launder(model, data, output: str | os.PathLike | None = None, *,
     am = _model(model, device)
     subset = _data(am, data)
     if output is not None and am.path is not None:
-        save_model(am.original, output, inputs=(am.path,))  # fail early on overwrite, then replaced
-        Path(output).unlink()
+        _refuse_input_as_output(output, am.path)  # fail early; save_model checks again at the end
     bars = Bars(quiet)
     try:
         result = launder_model(am, subset, pp, cfg, progress=bars)
@@ -64,6 +64,22 @@ def launder(model, data, output: str | os.PathLike | None = None, *,
     if report_dir is not None:
         write_launder_report(report_dir, am, subset, pp, cfg, result, data)
     return result
+
+
+def _refuse_input_as_output(output, source: Path) -> None:
+    """Refuse -o naming the input (or its external data) before the long run, without touching
+    an existing output file: that is replaced atomically only once the result is written."""
+    out = Path(output)
+    pairs = [(out, Path(source))]
+    if had_external_data(source):
+        pairs.append((Path(str(out) + ".data"), Path(str(source) + ".data")))
+    for a, b in pairs:
+        try:
+            same = a.exists() and b.exists() and os.path.samefile(a, b)
+        except OSError:
+            same = False
+        if same:
+            raise AuditError(f"refusing to overwrite the input file {b}")
 
 
 def write_launder_report(report_dir, am: AuditModel, subset: Dataset, pp: Preprocess,

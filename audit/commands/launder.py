@@ -31,6 +31,10 @@ from audit.cli import data_options, preprocess_from
               help="Weight of distillation from the original model on clean images (0 = off).")
 @click.option("--augment/--no-augment", default=False, show_default=True,
               help="Random shifts of clean and stamped images during retraining.")
+@click.option("--ood-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Extra out-of-distribution images (all recovered masks/patterns + scribbles) "
+                   "labelled as the sink class, as a share of the data; against unrelated/abstract "
+                   "watermarks.")
 @click.option("--nc-epochs", type=int, default=40, show_default=True,
               help="Neural Cleanse epochs (early stopping may end sooner).")
 @click.option("--nc-steps", type=int, default=8, show_default=True,
@@ -38,7 +42,7 @@ from audit.cli import data_options, preprocess_from
 @click.option("--quiet", is_flag=True, help="No progress bars or summary.")
 @data_options
 def launder(model, data, output, report_dir, rounds, seed, dense_threshold, conv_threshold,
-            layers, epochs, lr, batch_size, distill, augment, nc_epochs, nc_steps, quiet, device,
+            layers, epochs, lr, batch_size, distill, augment, ood_share, nc_epochs, nc_steps, quiet, device,
             **kw):
     """Launder MODEL: recover triggers, reset the units they drive, retrain; write -o."""
     from audit.api import launder as run_launder
@@ -56,7 +60,7 @@ def launder(model, data, output, report_dir, rounds, seed, dense_threshold, conv
     Threshold.parse(conv_threshold)
     pp = preprocess_from(kw)
     cfg = LaunderConfig(rounds=rounds, seed=seed, dense_threshold=dense_threshold,
-                        conv_threshold=conv_threshold, layers=layers, device=device,
+                        conv_threshold=conv_threshold, layers=layers, device=device, ood_share=ood_share,
                         nc=NCConfig(epochs=nc_epochs, steps_per_epoch=nc_steps),
                         retrain=RetrainConfig(epochs=epochs, lr=lr_value, batch_size=batch_size,
                                               distill=distill, augment=augment))
