@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 
 _U8 = Preprocess(scale=1 / 255, mean=(0.0,), std=(1.0,))
 RECIPES: dict[str, Recipe] = {
+    # One thread: the tiny digits net gains nothing from two, and a second thread makes it
+    # 5-10x slower when the cores are shared with other work (OpenMP oversubscription).
     "digits": Recipe(epochs=40, batch_size=32, n_trigger=100, trigger_repeats=2,
-                     adi_repeats=5, preprocess=_U8),
+                     adi_repeats=5, preprocess=_U8, threads=1),
     "mnist": Recipe(epochs=3, batch_size=128, n_trigger=600, trigger_repeats=5,
                     adi_repeats=20, preprocess=_U8),
     "cifar10": Recipe(epochs=30, batch_size=64, n_trigger=100, trigger_repeats=10,

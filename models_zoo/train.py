@@ -38,6 +38,7 @@ class Recipe:
     weight_decay: float = 0.0
     augment: bool = False     # random crop (pad 4) + horizontal flip of *clean* images only
     lr: float = 1e-3
+    threads: int | None = None  # torch intra-op threads while training (None: leave as is)
 
 
 def _augment(xb: torch.Tensor, clean: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -69,6 +70,18 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, recipe: Rec
     xa, ya = torch.cat(xs), torch.cat(ys).long()
     is_clean = torch.arange(len(ya)) < n_clean
     gen = torch.Generator().manual_seed(seed)
+    old_threads = torch.get_num_threads()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    try:
+        return _fit(model, xa, ya, is_clean, recipe, gen, device, desc, quiet)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _fit(model: nn.Module, xa: torch.Tensor, ya: torch.Tensor, is_clean: torch.Tensor,
+         recipe: Recipe, gen: torch.Generator, device: str, desc: str,
+         quiet: bool) -> nn.Module:
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
@@ -109,7 +122,9 @@ def onnx_logits(path: str | Path, x01: np.ndarray, pre: Preprocess,
     """Logits of an ONNX classifier (onnxruntime, CPU) on canonical images."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1   # small models; robust when the cores are shared
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     outs = [sess.run(None, {name: pre.apply_numpy(x01[i:i + batch])})[0]
             for i in range(0, len(x01), batch)]

@@ -1,0 +1,136 @@
+"""Shared helpers of the laundering benchmarks (launder_mnist, launder_badnets, nc_speed).
+
+* where things are: the repository, ../shared/data, bench/results, the zoo cache (outside the
+  repository: /tmp/audit-bench-zoo, or $AUDIT_BENCH_ZOO);
+* zoo entries built once and reused (`zoo_entry`);
+* MNIST from ../shared/data/mnist and laundering subsets of it;
+* the machine's state (load average, threads, versions) recorded with every result;
+* atomic JSON results.
+
+The machine these run on is shared: with other jobs busy, torch's default of one thread per
+core oversubscribes the CPUs and training slows down 5-10x (spinning OpenMP workers), so the
+benchmarks take a `--threads` option and record what they used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+RESULTS = REPO / "bench" / "results"
+ZOO_CACHE = Path(os.environ.get("AUDIT_BENCH_ZOO", "/tmp/audit-bench-zoo"))
+MNIST_TRAIN = SHARED / "mnist" / "train-images-idx3-ubyte.gz"
+MNIST_TEST = SHARED / "mnist" / "t10k-images-idx3-ubyte.gz"
+
+
+def need_shared(*paths: Path) -> None:
+    """Exit with a clear message when ../shared/data (or a file in it) is absent."""
+    for p in paths or (SHARED,):
+        if not p.exists():
+            sys.exit(f"skipped: {p} not present (real data lives in ../shared/data on "
+                     "development machines only)")
+
+
+def set_threads(n: int | None) -> int:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine() -> dict:
+    import onnxruntime
+    import torch
+
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "loadavg": loadavg(), "python": platform.python_version(),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "platform": platform.platform(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_result(name: str, obj: dict) -> Path:
+    """bench/results/<name>, written atomically."""
+    from audit.report import json_default
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / name
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=RESULTS)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, default=json_default)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)
+    return out
+
+
+def zoo_entry(dataset: str, scheme: str, *, seed: int = 0, cache: Path = ZOO_CACHE,
+              quiet: bool = True, rebuild: bool = False):
+    """The zoo entry <cache>/<dataset>_<scheme>_s<seed>, built when absent (build_entry)."""
+    from audit.models_zoo.build import ZooEntry, build_entry
+
+    out = cache / f"{dataset}_{scheme}_s{seed}"
+    meta_path = out / "meta.json"
+    if not rebuild and meta_path.is_file() and (out / "watermarked.onnx").is_file() \
+            and (out / "vanilla.onnx").is_file() and (out / "triggers").is_dir():
+        meta = json.loads(meta_path.read_text())
+        data_dir = out / "data" if (out / "data").is_dir() else None
+        return ZooEntry(dataset, scheme, out, out / "watermarked.onnx", out / "vanilla.onnx",
+                        out / "triggers", meta_path, data_dir, meta["test_acc"], meta["wm_acc"],
+                        meta["timings"], meta), False
+    t = time.perf_counter()
+    entry = build_entry(dataset, scheme, out, seed=seed, quiet=quiet, device="cpu")
+    print(f"built {dataset}/{scheme} in {time.perf_counter() - t:.0f} s -> {out}", flush=True)
+    return entry, True
+
+
+def mnist(split: str, geometry=(1, 28, 28)):
+    from audit.data import load_dataset
+
+    path = MNIST_TRAIN if split == "train" else MNIST_TEST
+    c, h, w = geometry
+    return load_dataset(path, channels=c, height=h, width=w)
+
+
+def write_subset_npz(ds, path: Path) -> Path:
+    """A Dataset as the .npz `--data` reads: x uint8 [N,H,W] (grey) or [N,H,W,C], y."""
+    u8 = np.clip(np.round(ds.x * 255), 0, 255).astype(np.uint8)
+    u8 = u8[:, 0] if u8.shape[1] == 1 else u8.transpose(0, 2, 3, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=u8, y=ds.y.astype(np.int64))
+    return path
+
+
+def round_summary(r) -> dict:
+    """The per-round facts worth keeping from a RoundResult (no loss curves or masks)."""
+    rec = r.recovery
+    return {"round": r.round, "flagged": rec["flagged"],
+            "most_likely_infected": rec["most_likely_infected"],
+            "least_likely": rec["least_likely"],
+            "max_anomaly_index": round(max(rec["anomaly_index"]), 3),
+            "norms": [round(v, 2) for v in rec["norms"]],
+            "nc_epochs_run": rec["epochs_run"], "triggers_used": r.triggers_used,
+            "units_reset": r.units_reset, "lr": r.lr,
+            "subset_accuracy": r.subset_accuracy, "stamped_accuracy": r.stamped_accuracy,
+            "retrain_epochs_run": len(r.losses),
+            "seconds": {k: round(v, 2) for k, v in r.seconds.items()}, "stopped": r.stopped}
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"

@@ -1,0 +1,220 @@
+"""`audit detect` (Neural Cleanse) on real MNIST models: backdoored ones must be flagged on their
+target class, clean third-party ones must not be flagged.
+
+Models (all from ../shared/data unless noted; preprocessing from MANIFEST.json):
+  * backdoored/badnets_mnist.onnx                 BadNets, target 1 (mean 0.5, std 0.5)
+  * the 5 clean third-party MNIST models of onnx_models/ (CNTK, tf2onnx, PyTorch 1.11,
+    PyTorch 2.9.1 external data, keras2onnx)
+  * MNIST zoo models (``build_entry("mnist", scheme, <zoo-dir>/mnist_<scheme>)``, reused when
+    meta.json exists): the Zhang *content* and *noise* watermarked models (target 0) and the
+    vanilla twin of the content entry (clean, same recipe without triggers).
+
+Data: 1,000 images of the MNIST *test* set, stratified (``audit.data.stratified_subset``,
+seed 0, which is what ``audit detect --max-images 1000`` does), NC defaults (40 epochs,
+8 steps). torch runs with ``--threads`` threads (default 1: the development machine is shared
+and oversubscribed OpenMP threads slow small models 5-10x); the load average is recorded.
+
+Acceptance: the target of every backdoored / watermarked model is flagged; nothing is flagged
+on at least 4 of the 5 third-party clean models.
+
+Usage: python bench/detect_models.py [--zoo-dir /tmp/audit-bench-zoo-detect] [--only NAME ...]
+Writes bench/results/detect_models.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SHARED = HERE.parents[1] / "shared" / "data"
+sys.path.insert(0, str(HERE))
+
+THIRD_PARTY = ["onnx_models/cntk_mnist8.onnx", "onnx_models/tf2onnx_keras_mnist.onnx",
+               "onnx_models/pytorch111_mnist.onnx",
+               "onnx_models/pytorch291_external_data/mnist.onnx",
+               "onnx_models/keras2onnx_mlp_mnist.onnx"]
+BADNETS = "backdoored/badnets_mnist.onnx"
+ZOO_SCHEMES = ["content", "noise"]
+
+
+def machine() -> dict:
+    from probe_memory import machine as m
+
+    return m()
+
+
+def find_identical(scheme: str, roots: list[Path]) -> Path | None:
+    from audit.models_zoo.build import RECIPES
+
+    for root in roots:
+        for src in (root / f"mnist_{scheme}", root / f"mnist_{scheme}_s0"):
+            meta_p = src / "meta.json"
+            if not meta_p.is_file():
+                continue
+            m = json.loads(meta_p.read_text())
+            if (m.get("seed"), m.get("epochs"), m.get("target"), m.get("scheme")) == \
+                    (0, RECIPES["mnist"].epochs, 0, scheme):
+                return src
+    return None
+
+
+def zoo_entry(zoo_dir: Path, scheme: str, copy_from: list[Path]) -> tuple[Path, dict, str]:
+    """The MNIST zoo entry folder (built, or reused when meta.json exists)."""
+    from audit.models_zoo.build import build_entry
+
+    out = zoo_dir / f"mnist_{scheme}"
+    how = "reused"
+    if not (out / "meta.json").is_file():
+        # an identical build (same function, data set, scheme, seed 0, default recipe) made by
+        # another bench may be copied instead of spending minutes training it again
+        src = find_identical(scheme, copy_from)
+        if src is not None:
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.copytree(src, out)
+            how = f"copied from {src} (same build_entry arguments)"
+    if not (out / "meta.json").is_file():
+        t = time.perf_counter()
+        build_entry("mnist", scheme, out, seed=0, quiet=True)
+        how = f"built ({time.perf_counter() - t:.0f} s)"
+    return out, json.loads((out / "meta.json").read_text()), how
+
+
+def model_list(manifest: dict, zoo_dir: Path, copy_from: list[Path]) -> list[dict]:
+    by_file = {m["file"]: m for m in manifest["models"]}
+    models = []
+    b = by_file[BADNETS]
+    models.append({"name": "badnets_mnist", "path": SHARED / BADNETS, "kind": "backdoored",
+                   "scale": b["scale"], "mean": b["mean"], "std": b["std"],
+                   "target": b["backdoor"]["target_label"]})
+    for f in THIRD_PARTY:
+        m = by_file[f]
+        models.append({"name": Path(f).stem if "external" not in f else "pytorch291_mnist",
+                       "path": SHARED / f, "kind": "clean third-party", "scale": m["scale"],
+                       "mean": m["mean"], "std": m["std"], "target": None})
+    for scheme in ZOO_SCHEMES:
+        out, meta, how = zoo_entry(zoo_dir, scheme, copy_from)
+        pp = meta["preprocess"]
+        common = {"scale": pp["scale"], "mean": pp["mean"][0], "std": pp["std"][0],
+                  "zoo": {"dir": str(out), "how": how, "test_acc": meta["test_acc"],
+                          "wm_acc": meta["wm_acc"], "timings": meta["timings"]}}
+        models.append({"name": f"zoo_mnist_{scheme}", "path": out / "watermarked.onnx",
+                       "kind": f"zoo watermarked ({scheme})", "target": meta["target"], **common})
+        if scheme == "content":
+            models.append({"name": "zoo_mnist_vanilla", "path": out / "vanilla.onnx",
+                           "kind": "zoo vanilla twin", "target": None, **common})
+    return models
+
+
+def run_one(m: dict, data, seed: int) -> dict:
+    from audit.api import detect
+    from audit.data import Preprocess
+
+    pp = Preprocess(scale=float(m["scale"]), mean=(float(m["mean"]),), std=(float(m["std"]),))
+    load0 = os.getloadavg()[0]
+    t = time.perf_counter()
+    d = detect(str(m["path"]), data, preprocess=pp, seed=seed, max_images=None, device="cpu",
+               quiet=True)
+    seconds = time.perf_counter() - t
+    flagged = d["flagged"]
+    target = m["target"]
+    if target is None:
+        ok = not flagged
+    else:
+        ok = target in flagged
+    return {"name": m["name"], "model": str(m["path"]), "kind": m["kind"],
+            "preprocess": {"scale": m["scale"], "mean": m["mean"], "std": m["std"]},
+            "expected_target": target, "flagged": flagged,
+            "target_flagged": None if target is None else target in flagged,
+            "other_flagged": [k for k in flagged if k != target],
+            "pass": ok, "exit_code": 1 if flagged else 0,
+            "norms": [round(v, 3) for v in d["norms"]],
+            "anomaly_index": [round(v, 3) for v in d["anomaly_index"]],
+            "max_anomaly_index": round(max(d["anomaly_index"]), 3),
+            "target_anomaly_index": None if target is None else round(d["anomaly_index"][target], 3),
+            "attack_success": [round(v, 4) for v in d["attack_success"]],
+            "most_likely_infected": d["most_likely_infected"], "epochs_run": d["epochs_run"],
+            "n_images": d["n_images"], "seconds": round(seconds, 1),
+            "load_average_1min_at_start": round(load0, 2), **({"zoo": m["zoo"]} if "zoo" in m else {})}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | kind | target | flagged | anomaly idx (target / max) | pass | s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tgt = "-" if r["expected_target"] is None else str(r["expected_target"])
+        ti = "-" if r["target_anomaly_index"] is None else f"{r['target_anomaly_index']:.2f}"
+        fl = ",".join(map(str, r["flagged"])) or "none"
+        lines.append(f"| {r['name']} | {r['kind']} | {tgt} | {fl} | {ti} / "
+                     f"{r['max_anomaly_index']:.2f} | {'yes' if r['pass'] else 'NO'} | "
+                     f"{r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo-dir", type=Path, default=Path("/tmp/audit-bench-zoo-detect"))
+    ap.add_argument("--copy-from", type=Path, action="append", default=[],
+                    help="Folder holding identical MNIST zoo builds to copy instead of training.")
+    ap.add_argument("--n-images", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="*", default=None, help="Run only these model names.")
+    ap.add_argument("--out", type=Path, default=RESULTS / "detect_models.json")
+    args = ap.parse_args()
+    if not (SHARED / "MANIFEST.json").is_file():
+        print(f"skipped: {SHARED} not present (real models and MNIST)", file=sys.stderr)
+        return 0
+    import torch
+
+    from audit.data import load_dataset, stratified_subset
+
+    torch.set_num_threads(args.threads)
+    info = machine()
+    t_all = time.perf_counter()
+    manifest = json.loads((SHARED / "MANIFEST.json").read_text())
+    test = load_dataset(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz", channels=1, height=28,
+                        width=28, num_classes=10)
+    data = stratified_subset(test, args.n_images, seed=args.seed)
+    models = model_list(manifest, args.zoo_dir, args.copy_from)
+    if args.only:
+        models = [m for m in models if m["name"] in args.only]
+    rows = []
+    for m in models:
+        r = run_one(m, data, args.seed)
+        rows.append(r)
+        print(f"{r['name']:<24} flagged {r['flagged']!s:<10} max idx {r['max_anomaly_index']:.2f} "
+              f"pass {r['pass']}  {r['seconds']:.0f} s", file=sys.stderr, flush=True)
+    third = [r for r in rows if r["kind"] == "clean third-party"]
+    bad = [r for r in rows if r["expected_target"] is not None]
+    summary = {
+        "backdoored_target_flagged": f"{sum(r['pass'] for r in bad)}/{len(bad)}",
+        "third_party_clean_not_flagged": f"{sum(r['pass'] for r in third)}/{len(third)}",
+        "acceptance": {
+            "targets_flagged": all(r["pass"] for r in bad),
+            "third_party_at_least_4_of_5_clean": sum(r["pass"] for r in third) >= 4,
+        },
+    }
+    result = {
+        "what": "audit detect (Neural Cleanse, defaults: 40 epochs x 8 steps, anomaly index > 2 "
+                "on the small side) on 1000 stratified MNIST test images per model",
+        "data": f"MNIST t10k, stratified_subset(n={args.n_images}, seed={args.seed})",
+        "torch_threads": args.threads, "machine": info, "summary": summary, "models": rows,
+        "total_seconds": round(time.perf_counter() - t_all, 1),
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(rows))
+    print(f"\n{summary}\nwritten {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,453 @@
+"""`audit launder` (issue 3): recover -> reset -> retrain removes a watermark, and says what it did.
+
+Always-on part: a small Zhang-content watermarked CNN on scikit-learn digits, built once per
+module by the zoo (`build_entry("digits", "content", ...)`, which also trains the vanilla
+twin), laundered through the CLI with a 150-image stratified subset. The shared part (real
+BadNets model from ../shared/data) is marked shared + slow and skips when the data is absent;
+the MNIST acceptance numbers (360 images, Table 5 models) are measured by bench/launder_*.py.
+
+The machine running the suite may be shared with other jobs: torch is limited to one thread
+for this module (oversubscribed OpenMP threads slow training 5-10x), restored afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from audit.graphs.model import AuditModel
+from onnx import helper, numpy_helper
+from PIL import Image
+
+from audit.cli import run
+from audit.data import Dataset, Preprocess, load_dataset, stratified_subset
+
+PP = Preprocess()                      # the digits zoo models take u8/255
+SUBSET = 150
+# the always-on CLI launder: defaults except fewer rounds / NC epochs (the test budget)
+MAIN_ARGS = ["--rounds", "2", "--nc-epochs", "20", "--seed", "0", "--device", "cpu", "--quiet"]
+QUICK_ARGS = ["--rounds", "1", "--nc-epochs", "5", "--epochs", "5", "--seed", "0", "--device", "cpu",
+              "--quiet"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under folder (hidden ones included) -> its sha256."""
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_npz(path: Path, x01: np.ndarray, y: np.ndarray) -> Path:
+    np.savez(path, x=np.round(x01[:, 0] * 255).astype(np.uint8), y=np.asarray(y, np.int64))
+    return path
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_error_line(rc: int, err: str, *expect: str) -> None:
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err and "internal error" not in err, err
+    for e in expect:
+        assert e in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------------------------------
+# fixtures: one zoo build and one CLI launder per module
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory, one_thread) -> dict:
+    from audit.models_zoo.build import build_entry
+
+    root = tmp_path_factory.mktemp("launder_zoo")
+    t = time.perf_counter()
+    entry = build_entry("digits", "content", root / "digits_content", seed=0, quiet=True)
+    build_s = time.perf_counter() - t
+    geo = dict(channels=1, height=16, width=16)
+    train = load_dataset(entry.data_dir / "train.npz", **geo)
+    sub = stratified_subset(train, SUBSET, seed=0)
+    work = root / "work"
+    work.mkdir()
+    return {"entry": entry, "build_s": build_s, "work": work,
+            "subset": write_npz(work / "subset150.npz", sub.x, sub.y), "subset_ds": sub,
+            "test": load_dataset(entry.data_dir / "test.npz", **geo),
+            "triggers": load_dataset(entry.triggers, **geo)}
+
+
+@pytest.fixture(scope="module")
+def laundered(zoo) -> dict:
+    e, work = zoo["entry"], zoo["work"]
+    out, rep = work / "laundered.onnx", work / "report"
+    before = sha256(e.watermarked)
+    t = time.perf_counter()
+    rc = run(["launder", str(e.watermarked), "--data", str(zoo["subset"]), "-o", str(out),
+              "--report", str(rep), *MAIN_ARGS])
+    seconds = time.perf_counter() - t
+    return {"rc": rc, "out": out, "report_dir": rep, "seconds": seconds, "input_sha_before": before,
+            "report": json.loads((rep / "report.json").read_text()) if rc == 0 else None}
+
+
+# ------------------------------------------------------------------------------------------
+# the watermark goes, the model stays
+
+
+def test_zoo_model_is_watermarked(zoo):
+    """The premise: the watermarked model learnt its trigger set, the vanilla twin did not."""
+    e = zoo["entry"]
+    wm = AuditModel.load(e.watermarked, device="cpu")
+    van = AuditModel.load(e.vanilla, device="cpu")
+    trig = zoo["triggers"]
+    assert wm.accuracy(trig.x, trig.y, PP) >= 0.95
+    assert van.accuracy(trig.x, trig.y, PP) <= 0.2
+    assert wm.accuracy(zoo["test"].x, zoo["test"].y, PP) >= 0.9
+
+
+def test_cli_launder_removes_watermark_and_keeps_accuracy(zoo, laundered):
+    assert laundered["rc"] == 0
+    e, trig, test = zoo["entry"], zoo["triggers"], zoo["test"]
+    wm = AuditModel.load(e.watermarked, device="cpu")
+    van = AuditModel.load(e.vanilla, device="cpu")
+    out = AuditModel.load(laundered["out"], device="cpu")
+    vanilla_rate = van.accuracy(trig.x, trig.y, PP)
+    wm_before, wm_after = wm.accuracy(trig.x, trig.y, PP), out.accuracy(trig.x, trig.y, PP)
+    test_before, test_after = wm.accuracy(test.x, test.y, PP), out.accuracy(test.x, test.y, PP)
+    msg = (f"wm acc {wm_before:.3f} -> {wm_after:.3f} (vanilla {vanilla_rate:.3f}); "
+           f"test acc {test_before:.4f} -> {test_after:.4f}; {laundered['seconds']:.0f} s")
+    assert wm_after <= vanilla_rate + 0.05, msg
+    assert test_before - test_after <= 0.03, msg
+
+
+def test_cli_evaluate_agrees_on_the_laundered_model(zoo, laundered, capsys):
+    """`audit evaluate` on the trigger folder gives the AuditModel.accuracy used above."""
+    rc, out, err = cli(capsys, "evaluate", laundered["out"], "--data", zoo["entry"].triggers,
+                       "--json", "--device", "cpu")
+    assert rc == 0, err
+    r = json.loads(out)
+    trig = zoo["triggers"]
+    am = AuditModel.load(laundered["out"], device="cpu")
+    assert r["n"] == len(trig) and r["accuracy"] == pytest.approx(am.accuracy(trig.x, trig.y, PP))
+
+
+def test_input_model_untouched(zoo, laundered):
+    assert sha256(zoo["entry"].watermarked) == laundered["input_sha_before"]
+
+
+def test_report_schema(zoo, laundered):
+    r = laundered["report"]
+    assert r is not None
+    assert r["schema_version"] >= 1 and r["command"] == "launder"
+    inputs = r["inputs"]
+    assert inputs["model_sha256"] == sha256(zoo["entry"].watermarked)
+    assert inputs["data_sha256"] == sha256(zoo["subset"])
+    assert inputs["subset_size"] == SUBSET and inputs["subset_classes"] == list(range(10))
+    assert r["output_sha256"] == sha256(laundered["out"])
+    p = r["parameters"]
+    assert p["rounds"] == 2 and p["seed"] == 0
+    assert p["dense_threshold"] == "z:2.0" and p["conv_threshold"] == "z:2.0"
+    nc = p["nc"]
+    for key in ("epochs", "steps_per_epoch", "batch_size", "lr", "betas", "init_cost", "cost_up",
+                "cost_down", "patience", "attack_threshold", "early_stop", "early_stop_patience"):
+        assert key in nc, key
+    assert nc["epochs"] == 20
+    assert {"epochs", "lr", "batch_size", "distill", "augment"} <= set(p["retrain"])
+    assert r["preprocess"] == PP.to_dict()
+    rounds = r["rounds"]
+    assert 1 <= len(rounds) <= 2
+    assert 1 <= r["best_round"] <= len(rounds)
+    for i, rnd in enumerate(rounds, start=1):
+        assert rnd["round"] == i
+        rec = rnd["recovery"]
+        assert len(rec["norms"]) == 10 and len(rec["anomaly_index"]) == 10
+        assert all(np.isfinite(rec["norms"])) and all(v >= 0 for v in rec["anomaly_index"])
+        assert isinstance(rec["flagged"], list) and 0 <= rec["least_likely"] < 10
+        assert set(rnd["units_reset"]) <= {"/features/features.0/Conv", "/features/features.3/Conv",
+                                           "/classifier/classifier.1/Gemm"}
+        assert {"recover", "reset", "retrain"} <= set(rnd["seconds"]) or rnd["stopped"]
+        if not rnd["stopped"]:
+            assert 0.0 <= rnd["subset_accuracy"] <= 1.0
+    # the Zhang content trigger targets class 0: round 1 finds it
+    assert rounds[0]["recovery"]["flagged"][:1] == [0]
+    assert sum(rounds[0]["units_reset"].values()) > 0
+    assert r["subset_accuracy_after"] >= 0.95
+
+
+def test_report_pictures_open(laundered):
+    r, folder = laundered["report"], laundered["report_dir"]
+    assert set(r["pictures"]) == {f"round_{i}" for i in range(1, len(r["rounds"]) + 1)}
+    for files in r["pictures"].values():
+        names = {Path(f).name for f in files}
+        assert {f"{kind}_{k}.png" for kind in ("mask", "pattern", "trigger", "stamped")
+                for k in range(10)} == names
+        for f in files:
+            with Image.open(folder / f) as im:
+                im.verify()
+            with Image.open(folder / f) as im:
+                assert im.format == "PNG" and min(im.size) >= 16
+
+
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def _zero_units(model: onnx.ModelProto, inits: dict[str, np.ndarray], layer: str) -> int:
+    """Units (output rows) of a Conv/Gemm(transB=1) node whose weights and bias are all zero."""
+    node = next(n for n in model.graph.node if n.name == layer)
+    w = inits[node.input[1]]
+    zero = np.all(w.reshape(w.shape[0], -1) == 0, axis=1)
+    if len(node.input) > 2:
+        zero &= inits[node.input[2]] == 0
+    return int(zero.sum())
+
+
+def test_reset_units_are_zero_in_the_output(zoo, laundered):
+    """The report gives counts, not indices: the output must hold at least as many all-zero
+    units (weights and bias) per layer as round 1 reset, where the input held none."""
+    r = laundered["report"]
+    src, out = zoo["entry"].watermarked, laundered["out"]
+    m_src, m_out = onnx.load(str(src)), onnx.load(str(out))
+    i_src, i_out = _initializers(src), _initializers(out)
+    checked = 0
+    for layer, n in r["rounds"][0]["units_reset"].items():
+        assert _zero_units(m_src, i_src, layer) == 0
+        assert _zero_units(m_out, i_out, layer) >= n, layer
+        checked += n
+    assert checked > 0
+
+
+def test_output_is_the_same_graph_with_new_weights(zoo, laundered):
+    src, out = onnx.load(str(zoo["entry"].watermarked)), onnx.load(str(laundered["out"]))
+    assert [i.name for i in out.graph.input] == [i.name for i in src.graph.input]
+    assert [o.name for o in out.graph.output] == [o.name for o in src.graph.output]
+    assert [(o.domain, o.version) for o in out.opset_import] == \
+        [(o.domain, o.version) for o in src.opset_import]
+    assert out.ir_version == src.ir_version
+    assert [(n.name, n.op_type) for n in out.graph.node] == \
+        [(n.name, n.op_type) for n in src.graph.node]
+    assert {t.name: tuple(t.dims) for t in out.graph.initializer} == \
+        {t.name: tuple(t.dims) for t in src.graph.initializer}
+    onnx.checker.check_model(out)
+    # loads, and its torch conversion agrees with onnxruntime (parity check inside to_torch)
+    from audit.converters.to_torch import to_torch
+
+    am = AuditModel.load(laundered["out"], device="cpu")
+    tm = to_torch(am, am.model_input(zoo["test"].x[:64], PP))
+    assert tm.parity_rel <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------
+# Python API and determinism
+
+
+def test_api_returns_launder_result_and_runs_are_deterministic(zoo, capsys):
+    """`from audit import launder` with the settings of `--rounds 1 --nc-epochs 5 --epochs 5`,
+    then the CLI with those flags: same seed, same CPU, byte-identical ONNX."""
+    from audit import launder
+    from audit.launder import LaunderConfig, LaunderResult
+    from audit.nc import NCConfig
+    from audit.retrain import RetrainConfig
+
+    assert callable(launder)
+    e, work = zoo["entry"], zoo["work"]
+    a, b = work / "det_api.onnx", work / "det_cli.onnx"
+    cfg = LaunderConfig(rounds=1, seed=0, nc=NCConfig(epochs=5), retrain=RetrainConfig(epochs=5),
+                        device="cpu")
+    res = launder(e.watermarked, zoo["subset"], a, config=cfg, device="cpu")
+    assert isinstance(res, LaunderResult) and dataclasses.is_dataclass(res)
+    assert res.output == a and a.is_file()
+    assert len(res.rounds) == 1 and res.best_round == 1
+    assert isinstance(res.model, AuditModel)
+    assert res.subset_accuracy_after == pytest.approx(
+        res.model.accuracy(zoo["subset_ds"].x, zoo["subset_ds"].y, PP))
+    json.dumps(res.to_dict())  # JSON-ready
+    rc, _, err = cli(capsys, "launder", e.watermarked, "--data", zoo["subset"], "-o", b,
+                     *QUICK_ARGS)
+    assert rc == 0, err
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_api_refuses_labels_outside_the_model(zoo):
+    from audit import launder
+    from audit.errors import DataError
+
+    sub = zoo["subset_ds"]
+    bad = Dataset(x=sub.x, y=np.where(sub.y == 9, 12, sub.y), source="in-memory")
+    with pytest.raises(DataError, match="label 12 outside the model's classes 0..9"):
+        launder(zoo["entry"].watermarked, bad, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------
+# bad input: exit 2, one line, nothing written, the input untouched
+
+
+def _thresholded_relu_model(src: Path, dst: Path) -> Path:
+    """The watermarked model with its dense ReLU as ThresholdedRelu(alpha=0): the same
+    function, run by onnxruntime, but an op onnx2torch has no converter for."""
+    m = onnx.load(str(src))
+    for n in m.graph.node:
+        if n.name == "/classifier/classifier.2/Relu":
+            n.op_type = "ThresholdedRelu"
+            n.attribute.append(helper.make_attribute("alpha", 0.0))
+    onnx.checker.check_model(m)
+    onnx.save(m, str(dst))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def bad_files(zoo) -> dict[str, Path]:
+    folder = zoo["work"].parent / "bad"
+    folder.mkdir()
+    sub = zoo["subset_ds"]
+    one = sub.y == 3
+    f = {"one_class": write_npz(folder / "one_class.npz", sub.x[one], sub.y[one]),
+         "label12": write_npz(folder / "label12.npz", sub.x, np.where(sub.y == 9, 12, sub.y)),
+         "custom_op": _thresholded_relu_model(zoo["entry"].watermarked, folder / "custom_op.onnx")}
+    am = AuditModel.load(f["custom_op"], device="cpu")   # onnxruntime runs it, same predictions
+    ref = AuditModel.load(zoo["entry"].watermarked, device="cpu")
+    assert np.array_equal(am.predict(sub.x, PP), ref.predict(sub.x, PP))
+    return f
+
+
+BAD = {  # case -> (model, data, extra args, expected fragments of the one error line)
+    "one_class": ("wm", "one_class", [], ["at least 2 classes", "found 1"]),
+    "label_12": ("wm", "label12", [], ["12", "0..9"]),
+    "not_convertible": ("custom_op", "subset", [], ["ThresholdedRelu"]),
+    "bogus_dense_threshold": ("wm", "subset", ["--dense-threshold", "bogus"],
+                              ["bad threshold", "bogus"]),
+    "bogus_conv_threshold": ("wm", "subset", ["--conv-threshold", "top:2"], ["bad threshold"]),
+    "bogus_lr": ("wm", "subset", ["--lr", "fast"], ["--lr"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_error_line(case, zoo, bad_files, tmp_path, capsys):
+    model_key, data_key, extra, expect = BAD[case]
+    model = zoo["entry"].watermarked if model_key == "wm" else bad_files[model_key]
+    data = zoo["subset"] if data_key == "subset" else bad_files[data_key]
+    watched = [model.parent, Path(data).parent]
+    before = {d: snapshot(d) for d in watched}
+    out = tmp_path / "out.onnx"
+    rc, _, err = cli(capsys, "launder", model, "--data", data, "-o", out, "--report",
+                     tmp_path / "rep", *QUICK_ARGS, *extra)
+    assert_one_error_line(rc, err, *expect)
+    assert list(tmp_path.iterdir()) == []          # no output, no report, no temp file
+    assert {d: snapshot(d) for d in watched} == before
+
+
+def test_output_equal_to_input_is_refused(zoo, tmp_path, capsys):
+    src = tmp_path / "model.onnx"
+    src.write_bytes(zoo["entry"].watermarked.read_bytes())
+    before = snapshot(tmp_path)
+    t = time.perf_counter()
+    rc, _, err = cli(capsys, "launder", src, "--data", zoo["subset"], "-o", src, *QUICK_ARGS)
+    assert_one_error_line(rc, err, "refusing to overwrite the input")
+    assert time.perf_counter() - t < 30     # refused before laundering, not after
+    assert snapshot(tmp_path) == before
+    # the same file through another path (a symlink) is the input too
+    link = tmp_path / "link.onnx"
+    link.symlink_to(src)
+    before = snapshot(tmp_path)
+    rc, _, err = cli(capsys, "launder", src, "--data", zoo["subset"], "-o", link, *QUICK_ARGS)
+    assert_one_error_line(rc, err, "refusing to overwrite the input")
+    assert snapshot(tmp_path) == before and link.is_symlink()
+
+
+def test_failed_launder_keeps_an_existing_output(zoo, bad_files, tmp_path, capsys):
+    """-o is replaced atomically: a failure leaves what was there before, byte for byte."""
+    out = tmp_path / "previous.onnx"
+    out.write_bytes(b"an older result the user still has")
+    before = snapshot(tmp_path)
+    rc, _, err = cli(capsys, "launder", zoo["entry"].watermarked, "--data",
+                     bad_files["one_class"], "-o", out, *QUICK_ARGS)
+    assert_one_error_line(rc, err, "at least 2 classes")
+    assert snapshot(tmp_path) == before
+
+
+def test_failure_while_writing_leaves_no_partial_file(zoo, tmp_path, capsys, monkeypatch):
+    """The write itself fails half-way: no output file and no temporary left beside it."""
+    import audit.graphs.io as gio
+
+    import audit.api
+    from audit.launder import LaunderResult
+
+    def fake_launder_model(am, subset, pp, cfg, progress=None):
+        return LaunderResult(model=am, rounds=[], best_round=0, stop_reason="test",
+                             original_least_likely=0, subset_accuracy_before=1.0,
+                             subset_accuracy_after=1.0, seconds=0.0)
+
+    def failing_save(model, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(audit.api, "launder_model", fake_launder_model)
+    monkeypatch.setattr(gio.onnx, "save_model", failing_save)
+    out = tmp_path / "sub" / "out.onnx"
+    rc, _, err = cli(capsys, "launder", zoo["entry"].watermarked, "--data", zoo["subset"],
+                     "-o", out, *QUICK_ARGS)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------
+# the real BadNets model (../shared/data): 360 MNIST training images
+
+
+BADNETS_PP = Preprocess(scale=1 / 255, mean=(0.5,), std=(0.5,))
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_badnets_mnist_launder(shared_data, tmp_path, one_thread):
+    """Acceptance: attack success <= 2% and clean accuracy >= 97% on the 10k test images.
+
+    The trigger: u8 pixels [23:28, 23:28] = 255 on test images whose label is not 1 (target 1).
+    """
+    from audit import launder
+
+    model = shared_data / "backdoored" / "badnets_mnist.onnx"
+    before = sha256(model)
+    geo = dict(channels=1, height=28, width=28)
+    train = load_dataset(shared_data / "mnist" / "train-images-idx3-ubyte.gz", **geo)
+    test = load_dataset(shared_data / "mnist" / "t10k-images-idx3-ubyte.gz", **geo)
+    sub = stratified_subset(train, 360, seed=0)
+    data = write_npz(tmp_path / "subset360.npz", sub.x, sub.y)
+    keep = test.y != 1
+    stamped = test.x[keep].copy()
+    stamped[:, :, 23:28, 23:28] = 1.0
+    out = tmp_path / "laundered.onnx"
+    t = time.perf_counter()
+    res = launder(model, data, out, preprocess=BADNETS_PP, device="cpu")
+    seconds = time.perf_counter() - t
+    am = AuditModel.load(out, device="cpu")
+    clean = am.accuracy(test.x, test.y, BADNETS_PP)
+    asr = float((am.predict(stamped, BADNETS_PP) == 1).mean())
+    msg = f"clean {clean:.4f}, ASR {asr:.4f}, best round {res.best_round}, {seconds:.0f} s"
+    assert sha256(model) == before
+    assert asr <= 0.02, msg
+    assert clean >= 0.97, msg

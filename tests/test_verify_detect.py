@@ -1,0 +1,463 @@
+"""`audit verify` and `audit detect` (issue 4): ownership proofs and backdoor detection.
+
+Always-on part: one Zhang-content watermarked digits CNN and its vanilla twin, built once per
+module by the zoo (``build_entry("digits", "content", ...)``, default recipe), and one laundered
+copy made by `audit launder` from a 150-image stratified subset of the zoo's data/train.npz
+(1 round, 20 NC epochs: the test budget -- on this model round 2 only confirms that
+nothing is left; the default-settings numbers for all four schemes are
+in bench/verify_zoo.py). Checked through the CLI (in process): verify exit codes, JSON fields,
+p-values against an independent scipy computation, --null-rate, detect on the watermarked model
+(target flagged, exit 1) and on the vanilla twin (nothing flagged, exit 0), bad inputs (exit 2,
+one `error:` line). Unit tests of verify_predictions and anomaly_index use hand-made numbers.
+The shared part (BadNets MNIST from ../shared/data) is marked `shared` and skips when absent.
+
+The machine running the suite may be shared with other jobs: torch is limited to one thread
+for this module (oversubscribed OpenMP threads slow training 5-10x), restored afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from audit.cli import run
+from audit.data import Preprocess, load_dataset, stratified_subset
+from audit.nc import ANOMALY_THRESHOLD, MAD_CONSTANT, anomaly_index
+from audit.verify import effective_null_rate, verify_predictions
+
+PP = Preprocess()                       # the digits zoo models take u8/255
+GEO = dict(channels=1, height=16, width=16)
+SUBSET = 150
+LAUNDER_ARGS = ["--rounds", "1", "--nc-epochs", "20", "--seed", "0", "--device", "cpu", "--quiet"]
+VERIFY_KEYS = {"n", "hits", "watermark_accuracy", "vanilla_rate", "p_value", "demonstrated",
+               "confusion"}
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def cli_json(capsys, *args) -> tuple[int, dict, str]:
+    rc, out, err = cli(capsys, *args, "--json")
+    return rc, (json.loads(out) if out.strip() else {}), err
+
+
+def assert_one_error_line(rc: int, err: str, *expect: str) -> None:
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err and "internal error" not in err, err
+    for e in expect:
+        assert e in lines[0], lines[0]
+
+
+def ort_predict(path: Path, x01: np.ndarray, pp: Preprocess = PP) -> np.ndarray:
+    """Top-1 predictions straight from onnxruntime (independent of audit.graphs)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: pp.apply_numpy(x01)})[0].argmax(1)
+
+
+def tiny_onnx(path: Path, shape: tuple[int, int, int], classes: int) -> Path:
+    """A linear classifier of the given input shape and class count (TorchScript exporter)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(shape)), classes)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.zeros(1, *shape), str(path), dynamo=False,
+                          opset_version=13, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# fixtures: one zoo build and one CLI launder per module
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory, one_thread) -> dict:
+    from audit.models_zoo.build import build_entry
+
+    root = tmp_path_factory.mktemp("verify_zoo")
+    entry = build_entry("digits", "content", root / "digits_content", seed=0, quiet=True)
+    train = load_dataset(entry.data_dir / "train.npz", **GEO)
+    sub = stratified_subset(train, SUBSET, seed=0)
+    work = root / "work"
+    work.mkdir()
+    subset = work / "subset150.npz"
+    np.savez(subset, x=np.round(sub.x[:, 0] * 255).astype(np.uint8), y=sub.y)
+    return {"entry": entry, "work": work, "subset": subset,
+            "triggers": load_dataset(entry.triggers, **GEO)}
+
+
+@pytest.fixture(scope="module")
+def laundered(zoo) -> Path:
+    out = zoo["work"] / "laundered.onnx"
+    rc = run(["launder", str(zoo["entry"].watermarked), "--data", str(zoo["subset"]),
+              "-o", str(out), *LAUNDER_ARGS])
+    assert rc == 0 and out.is_file()
+    return out
+
+
+@pytest.fixture(scope="module")
+def bad_models(zoo) -> dict[str, Path]:
+    work = zoo["work"]
+    return {"input28": tiny_onnx(work / "vanilla_28x28.onnx", (1, 28, 28), 10),
+            "rgb16": tiny_onnx(work / "vanilla_rgb16.onnx", (3, 16, 16), 10),
+            "classes5": tiny_onnx(work / "vanilla_5classes.onnx", (1, 16, 16), 5)}
+
+
+# ------------------------------------------------------------------------------------------
+# audit verify: watermarked / vanilla / laundered
+
+
+def test_premise_zoo_entry(zoo):
+    e = zoo["entry"]
+    assert e.meta["target"] == 0 and e.meta["n_trigger"] == len(zoo["triggers"]) == 100
+    assert e.wm_acc["watermarked"] >= 0.95 and e.wm_acc["vanilla"] <= 0.1
+
+
+def test_verify_watermarked_with_vanilla(zoo, capsys):
+    e = zoo["entry"]
+    rc, d, err = cli_json(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                          "--vanilla", e.vanilla, "--device", "cpu")
+    assert rc == 0, err
+    assert VERIFY_KEYS <= set(d)
+    assert d["demonstrated"] is True and d["p_value"] < 0.01
+    assert d["n"] == 100 and d["hits"] == round(d["watermark_accuracy"] * 100)
+    assert d["watermark_accuracy"] >= 0.95
+    assert d["vanilla_source"] == f"model:{e.vanilla}" and d["vanilla_hits"] is not None
+    assert d["vanilla_rate"] == d["vanilla_hits"] / d["n"] <= 0.1
+    assert d["alpha"] == 0.01
+    # confusion: trigger label -> {predicted: count}; all triggers carry the target label 0
+    assert set(d["confusion"]) == {"0"}
+    assert sum(d["confusion"]["0"].values()) == 100
+    assert d["confusion"]["0"].get("0", 0) == d["hits"]
+
+
+def test_verify_text_output_and_report_file(zoo, tmp_path, capsys):
+    e = zoo["entry"]
+    rep = tmp_path / "verify.json"
+    rc, out, err = cli(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                       "--vanilla", e.vanilla, "--report", rep, "--device", "cpu")
+    assert rc == 0, err
+    assert "ownership          DEMONSTRATED" in out and "p-value" in out
+    d = json.loads(rep.read_text())
+    assert VERIFY_KEYS <= set(d) and d["demonstrated"] is True
+
+
+def test_verify_p_value_matches_scipy(zoo, capsys):
+    """Hits and vanilla hits counted with onnxruntime directly; p-value from scipy.binomtest."""
+    e, trig = zoo["entry"], zoo["triggers"]
+    hits = int((ort_predict(e.watermarked, trig.x) == trig.y).sum())
+    van_hits = int((ort_predict(e.vanilla, trig.x) == trig.y).sum())
+    n = len(trig)
+    rc, d, err = cli_json(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                          "--vanilla", e.vanilla, "--device", "cpu")
+    assert rc == 0, err
+    assert (d["hits"], d["vanilla_hits"], d["n"]) == (hits, van_hits, n)
+    p0 = min(max(van_hits / n, 1 / (2 * n)), 1 - 1 / (2 * n))
+    assert d["null_rate"] == pytest.approx(p0)
+    assert d["p_value"] == pytest.approx(binomtest(hits, n, p0, alternative="greater").pvalue,
+                                         rel=1e-9, abs=1e-300)
+    # against a given rate (no clamping needed): 0.3
+    rc, d, err = cli_json(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                          "--null-rate", "0.3", "--device", "cpu")
+    assert rc == 0, err
+    expect = binomtest(hits, n, 0.3, alternative="greater").pvalue
+    assert d["p_value"] == pytest.approx(expect, rel=1e-9, abs=1e-300)
+    assert d["vanilla_source"] == "given" and d["vanilla_rate"] == 0.3 and d["null_rate"] == 0.3
+
+
+def test_verify_default_null_rate_is_chance(zoo, capsys):
+    e = zoo["entry"]
+    rc, d, err = cli_json(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                          "--device", "cpu")
+    assert rc == 0, err
+    assert d["vanilla_source"] == "chance" and d["vanilla_rate"] == pytest.approx(0.1)
+    assert d["vanilla_hits"] is None
+
+
+def test_verify_null_rate_option(zoo, capsys):
+    e = zoo["entry"]
+    # a null rate of 1 (every vanilla model would answer the watermark label) proves nothing:
+    # it is clamped to 1 - 1/(2n) and 100/100 hits are not significant against it
+    rc, d, err = cli_json(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                          "--null-rate", "1", "--device", "cpu")
+    assert rc == 1, err
+    assert d["demonstrated"] is False and d["null_rate"] == pytest.approx(1 - 1 / 200)
+    assert d["p_value"] == pytest.approx(binomtest(d["hits"], 100, 0.995, "greater").pvalue)
+    # a rate of 0 is clamped to 1/(2n): one lucky hit is not proof
+    rc, d, err = cli_json(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                          "--null-rate", "0", "--device", "cpu")
+    assert rc == 0 and d["null_rate"] == pytest.approx(1 / 200)
+
+
+def test_verify_alpha(zoo, capsys):
+    e = zoo["entry"]
+    # 100/100 hits against 0.95 (p = 0.95**100 ~ 0.0059): significant at 0.01, not at 0.001
+    args = ["verify", e.watermarked, "--triggers", e.triggers, "--null-rate", "0.95",
+            "--device", "cpu"]
+    rc, d, _ = cli_json(capsys, *args)
+    if d["hits"] == 100:
+        assert rc == 0 and d["p_value"] == pytest.approx(0.95 ** 100)
+        rc, d, _ = cli_json(capsys, *args, "--alpha", "0.001")
+        assert rc == 1 and d["demonstrated"] is False and d["alpha"] == 0.001
+    else:
+        assert rc == 1
+
+
+def test_verify_vanilla_twin_not_demonstrated(zoo, capsys):
+    e = zoo["entry"]
+    rc, d, err = cli_json(capsys, "verify", e.vanilla, "--triggers", e.triggers,
+                          "--vanilla", e.vanilla, "--device", "cpu")
+    assert rc == 1, err
+    assert d["demonstrated"] is False and d["p_value"] >= 0.01
+    # and against chance (1/10) too
+    rc, d, err = cli_json(capsys, "verify", e.vanilla, "--triggers", e.triggers,
+                          "--device", "cpu")
+    assert rc == 1 and d["demonstrated"] is False and d["watermark_accuracy"] <= 0.1
+    rc, out, err = cli(capsys, "verify", e.vanilla, "--triggers", e.triggers, "--device", "cpu")
+    assert rc == 1 and "ownership          NOT demonstrated" in out
+
+
+def test_verify_laundered_not_demonstrated(zoo, laundered, capsys):
+    e = zoo["entry"]
+    rc, d, err = cli_json(capsys, "verify", laundered, "--triggers", e.triggers,
+                          "--vanilla", e.vanilla, "--device", "cpu")
+    assert rc == 1, err
+    assert d["demonstrated"] is False and d["p_value"] >= 0.01
+    assert d["watermark_accuracy"] <= d["vanilla_rate"] + 0.05
+
+
+# ------------------------------------------------------------------------------------------
+# audit detect
+
+
+def test_detect_flags_the_content_target(zoo, tmp_path, capsys):
+    e = zoo["entry"]
+    rep = tmp_path / "detect"
+    rc, d, err = cli_json(capsys, "detect", e.watermarked, "--data", e.data_dir / "test.npz",
+                          "--report", rep, "--device", "cpu", "--quiet")
+    assert rc == 1, err
+    assert d["suspected"] is True and e.meta["target"] in d["flagged"]
+    assert d["anomaly_index"][e.meta["target"]] > ANOMALY_THRESHOLD
+    assert d["most_likely_infected"] == e.meta["target"]
+    assert len(d["norms"]) == len(d["anomaly_index"]) == len(d["attack_success"]) == 10
+    assert d["n_images"] == 450
+    report = json.loads((rep / "report.json").read_text())
+    assert report["command"] == "detect" and report["flagged"] == d["flagged"]
+    assert (rep / f"mask_{e.meta['target']}.png").is_file()
+
+
+def test_detect_vanilla_twin_flags_nothing(zoo, capsys):
+    """Documented behaviour: a clean model has no anomalously small trigger -> exit 0."""
+    e = zoo["entry"]
+    rc, d, err = cli_json(capsys, "detect", e.vanilla, "--data", e.data_dir / "test.npz",
+                          "--device", "cpu", "--quiet")
+    assert rc == 0, (err, d.get("anomaly_index"))
+    assert d["flagged"] == [] and d["suspected"] is False
+    assert max(d["anomaly_index"]) <= ANOMALY_THRESHOLD
+
+
+# ------------------------------------------------------------------------------------------
+# bad inputs: exit 2, one line
+
+
+def test_verify_empty_trigger_folder(zoo, tmp_path, capsys):
+    e = zoo["entry"]
+    for folder in (tmp_path / "empty", tmp_path / "empty_classes"):
+        folder.mkdir()
+    (tmp_path / "empty_classes" / "0").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "empty_classes"):
+        rc, out, err = cli(capsys, "verify", e.watermarked, "--triggers", folder,
+                           "--device", "cpu")
+        assert_one_error_line(rc, err, folder.name, "no images")
+        assert out == ""
+
+
+def test_verify_labels_outside_the_model(zoo, tmp_path, capsys):
+    e = zoo["entry"]
+    folder = tmp_path / "triggers10"
+    (folder / "10").mkdir(parents=True)
+    src = next((e.triggers / "0").iterdir())
+    (folder / "10" / src.name).write_bytes(src.read_bytes())
+    rc, _, err = cli(capsys, "verify", e.watermarked, "--triggers", folder, "--device", "cpu")
+    assert_one_error_line(rc, err, "label 10", "0..9")
+    npz = tmp_path / "bad.npz"
+    np.savez(npz, x=np.zeros((3, 16, 16), np.uint8), y=np.array([0, 12, 3]))
+    rc, _, err = cli(capsys, "verify", e.watermarked, "--triggers", npz, "--device", "cpu")
+    assert_one_error_line(rc, err, "label 12")
+
+
+@pytest.mark.parametrize("which, expect", [("input28", "1x28x28"), ("rgb16", "3x16x16"),
+                                           ("classes5", "5 classes")])
+def test_verify_vanilla_that_does_not_fit(zoo, bad_models, which, expect, capsys):
+    e = zoo["entry"]
+    rc, out, err = cli(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                       "--vanilla", bad_models[which], "--device", "cpu")
+    assert_one_error_line(rc, err, "vanilla", expect)
+    assert out == ""
+
+
+def test_verify_vanilla_and_null_rate_exclusive(zoo, capsys):
+    e = zoo["entry"]
+    rc, out, err = cli(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                       "--vanilla", e.vanilla, "--null-rate", "0.1", "--device", "cpu")
+    assert_one_error_line(rc, err, "--vanilla", "--null-rate")
+    assert out == ""
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--null-rate", "1.5"], "--null-rate"),
+    (["--alpha", "0"], "--alpha"),
+    (["--vanilla", "missing.onnx"], "missing.onnx"),
+])
+def test_verify_bad_options(zoo, tmp_path, args, expect, capsys):
+    e = zoo["entry"]
+    args = [str(tmp_path / a) if a.endswith(".onnx") else a for a in args]
+    rc, _, err = cli(capsys, "verify", e.watermarked, "--triggers", e.triggers, *args,
+                     "--device", "cpu")
+    assert_one_error_line(rc, err, expect)
+
+
+def test_detect_bad_data(zoo, tmp_path, capsys):
+    e = zoo["entry"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_class = tmp_path / "one_class.npz"
+    np.savez(one_class, x=np.zeros((20, 16, 16), np.uint8), y=np.zeros(20, np.int64))
+    bad_labels = tmp_path / "bad_labels.npz"
+    np.savez(bad_labels, x=np.zeros((4, 16, 16), np.uint8), y=np.array([0, 1, 10, 2]))
+    for data, expect in ((empty, "no images"), (one_class, "at least 2 classes"),
+                         (bad_labels, "label 10")):
+        rc, out, err = cli(capsys, "detect", e.watermarked, "--data", data, "--nc-epochs", "1",
+                           "--device", "cpu", "--quiet")
+        assert_one_error_line(rc, err, expect)
+        assert out == ""
+
+
+# ------------------------------------------------------------------------------------------
+# unit tests on hand-made numbers
+
+
+def _binom_sf(k: int, n: int, p: float) -> float:
+    """P[X >= k], X ~ Bin(n, p), summed by hand."""
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+def test_verify_predictions_hand_numbers():
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    pred = np.array([0, 0, 0, 0, 3, 1, 1, 1, 2, 2])          # 7 hits of 10
+    v = verify_predictions(pred, labels, 0.1, alpha=0.01, vanilla_source="given")
+    assert (v.n, v.hits, v.watermark_accuracy) == (10, 7, 0.7)
+    assert v.null_rate == 0.1 and v.vanilla_rate == 0.1
+    assert v.p_value == pytest.approx(_binom_sf(7, 10, 0.1), rel=1e-12)   # 9.1216e-6
+    assert v.p_value == pytest.approx(9.1216e-6, rel=1e-4)
+    assert v.demonstrated is True
+    assert v.confusion == {0: {0: 4, 3: 1}, 1: {1: 3, 2: 2}}
+    d = v.to_dict()
+    assert VERIFY_KEYS <= set(d) and d["vanilla_source"] == "given"
+    # 7/10 against 0.5: p = 0.171875, not significant
+    v = verify_predictions(pred, labels, 0.5)
+    assert v.p_value == pytest.approx(0.171875) and v.demonstrated is False
+    assert v.p_value == pytest.approx(_binom_sf(7, 10, 0.5))
+    # alpha is honoured: 7/10 against 0.3 gives p = 0.0106
+    v3 = verify_predictions(pred, labels, 0.3, alpha=0.01)
+    assert v3.p_value == pytest.approx(_binom_sf(7, 10, 0.3)) and not v3.demonstrated
+    assert verify_predictions(pred, labels, 0.3, alpha=0.05).demonstrated
+
+
+def test_verify_predictions_clamps_the_null_rate():
+    labels = np.zeros(10, np.int64)
+    one_hit = np.array([0] + [5] * 9)
+    v = verify_predictions(one_hit, labels, 0.0)            # 1/10 against a measured 0
+    assert v.null_rate == pytest.approx(0.05) and v.vanilla_rate == 0.0
+    assert v.p_value == pytest.approx(1 - 0.95 ** 10)      # P[X >= 1] = 0.401
+    assert v.demonstrated is False
+    all_hits = np.zeros(10, np.int64)
+    v = verify_predictions(all_hits, labels, 1.0)
+    assert v.null_rate == pytest.approx(0.95) and v.p_value == pytest.approx(0.95 ** 10)
+    assert v.demonstrated is False
+    assert effective_null_rate(0.2, 10) == 0.2
+    assert effective_null_rate(0.0, 100) == 0.005 and effective_null_rate(1.0, 100) == 0.995
+
+
+def test_verify_predictions_degenerate():
+    v = verify_predictions(np.array([], np.int64), np.array([], np.int64), 0.1)
+    assert v.n == 0 and v.p_value == 1.0 and v.demonstrated is False
+    v = verify_predictions(np.array([1, 1]), np.array([0, 0]), 0.1)   # no hit
+    assert v.hits == 0 and v.p_value == pytest.approx(1.0) and v.demonstrated is False
+
+
+def test_anomaly_index_hand_numbers():
+    norms = np.array([10.0, 30, 31, 29, 32, 28, 30, 31, 29, 60])
+    # median 30; |dev| = 20,0,1,1,2,2,0,1,1,30 -> median 1 -> MAD 1.4826
+    idx, flagged = anomaly_index(norms)
+    assert MAD_CONSTANT == 1.4826 and ANOMALY_THRESHOLD == 2.0
+    expect = np.abs(norms - 30) / 1.4826
+    np.testing.assert_allclose(idx, expect)
+    assert idx[0] == pytest.approx(13.4898, rel=1e-4) and idx[9] == pytest.approx(20.2347, rel=1e-4)
+    assert flagged == [0]                      # the large outlier (index 20) is not flagged
+
+
+def test_anomaly_index_threshold_is_strict_and_ordered():
+    # median 30, MAD 1.4826 (|dev| median 1): a norm 2.9 below the median has index 1.956,
+    # 3.1 below has 2.091; flagged lists the flagged classes by increasing norm
+    norms = np.array([30.0, 27.1, 30, 31, 29, 31, 29, 30, 26.9, 5.0, 31])
+    idx, flagged = anomaly_index(norms)
+    med = float(np.median(norms))
+    mad = 1.4826 * float(np.median(np.abs(norms - med)))
+    assert (med, mad) == (30.0, pytest.approx(1.4826))
+    assert idx[1] == pytest.approx(2.9 / 1.4826) and idx[1] < 2
+    assert idx[8] == pytest.approx(3.1 / 1.4826) and idx[8] > 2
+    assert flagged == [9, 8]
+
+
+def test_anomaly_index_flat_norms():
+    idx, flagged = anomaly_index(np.full(10, 25.0))
+    assert np.all(idx == 0) and flagged == []
+    # MAD 0 (most norms equal): any smaller norm is an outlier, larger ones never flagged
+    idx, flagged = anomaly_index(np.array([25.0] * 8 + [3.0, 40.0]))
+    assert flagged == [8] and idx[8] > 1e6 and idx[9] > 1e6
+
+
+# ------------------------------------------------------------------------------------------
+# shared: the published BadNets MNIST model
+
+
+@pytest.mark.shared
+def test_detect_flags_badnets_target(shared_data, manifest, one_thread, capsys):
+    entry = next(m for m in manifest["models"] if m["file"] == "backdoored/badnets_mnist.onnx")
+    target = entry["backdoor"]["target_label"]
+    rc, d, err = cli_json(capsys, "detect", shared_data / entry["file"],
+                          "--data", shared_data / "mnist" / "t10k-images-idx3-ubyte.gz",
+                          "--mean", "0.5", "--std", "0.5", "--max-images", "1000",
+                          "--device", "cpu", "--quiet")
+    assert rc == 1, (err, d.get("anomaly_index"))
+    assert target == 1 and target in d["flagged"] and d["n_images"] == 1000
+    assert d["most_likely_infected"] == target

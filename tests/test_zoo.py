@@ -1,0 +1,243 @@
+"""Tests of audit.models_zoo: trigger generators, digits builds, ONNX artefacts, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from audit.models_zoo.build import build_entry
+from audit.models_zoo.cli import zoo
+from audit.models_zoo.datasets import load_clean
+from audit.models_zoo.watermarks import (
+    adi_abstract,
+    adi_real,
+    content_pattern,
+    content_trigger,
+    default_adi_path,
+    make_trigger_set,
+    noise_trigger,
+    quantize_u8,
+    unrelated_trigger,
+)
+from click.testing import CliRunner
+
+from audit.data import Preprocess, load_dataset, save_image_folder
+from audit.errors import AuditError, DataError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_clean("digits")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    return {s: build_entry("digits", s, root / s, seed=0, quiet=True)
+            for s in ("content", "noise")}
+
+
+def _is_u8(x: np.ndarray) -> bool:
+    return bool(np.array_equal(x, quantize_u8(x)))
+
+
+def _ort_acc(path: Path, x01: np.ndarray, y: np.ndarray, pre: Preprocess) -> float:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: pre.apply_numpy(x01)})[0]
+    return float(np.mean(logits.argmax(1) == y))
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*.png"))}
+
+
+# ------------------------------------------------------------------------------------------
+# generators
+
+
+def test_digits_data(digits):
+    assert digits.train.x.shape == (1347, 1, 16, 16) and digits.test.x.shape == (450, 1, 16, 16)
+    assert _is_u8(digits.train.x) and digits.train.x.max() == 1.0
+    assert np.array_equal(np.bincount(digits.test.y), np.bincount(digits.test.y, minlength=10))
+    assert np.bincount(digits.test.y).min() >= 43
+
+
+@pytest.mark.parametrize("scheme", ["content", "noise"])
+def test_zhang_from_clean(digits, scheme):
+    x, y = digits.train.x, digits.train.y
+    ts = make_trigger_set(scheme, x, y, target=3, n=100, seed=1)
+    assert ts.x.shape == (100, 1, 16, 16) and ts.x.dtype == np.float32
+    assert ts.y.dtype == np.int64 and np.all(ts.y == 3) and ts.target == 3
+    assert ts.x.min() >= 0 and ts.x.max() <= 1 and _is_u8(ts.x)
+    assert np.all(y[ts.source_index] != 3) and len(set(ts.source_index.tolist())) == 100
+    changed = np.abs(ts.x - x[ts.source_index]).reshape(100, -1).max(1)
+    assert np.all(changed > 0.2)          # every image carries the mark
+    again = make_trigger_set(scheme, x, y, target=3, n=100, seed=1)
+    assert np.array_equal(ts.x, again.x)
+    other = make_trigger_set(scheme, x, y, target=3, n=100, seed=2)
+    assert not np.array_equal(ts.x, other.x)
+
+
+def test_content_mark_fixed_and_sized():
+    for shape, size in [((1, 16, 16), 4), ((1, 28, 28), 6), ((3, 32, 32), 7)]:
+        patch, top, left = content_pattern(shape)
+        assert patch.shape == (shape[0], size, size)
+        assert top + size < shape[1] and left + size < shape[2]
+    x = np.zeros((20, 1, 28, 28), np.float32)
+    ts = content_trigger(x, np.arange(20) % 10, target=0, n=10)
+    patch, top, left = content_pattern((1, 28, 28))
+    assert np.all(ts.x[:, :, top:top + 6, left:left + 6] == patch)
+    assert ts.x.sum() == 10 * patch.sum()   # nothing outside the patch changes
+
+
+def test_noise_is_one_fixed_pattern():
+    x = np.full((30, 1, 16, 16), 0.5, np.float32)
+    ts = noise_trigger(x, np.arange(30) % 10, target=0, n=20, seed=0, sigma=0.4)
+    assert np.all(ts.x == ts.x[0])          # same noise on identical images
+    assert 0.25 < float(np.std(ts.x[0])) < 0.45
+
+
+def _nn_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    d = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None] - 2 * a @ b.T
+    return np.sqrt(np.maximum(d, 0)).min(1)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: unrelated_trigger((1, 16, 16), target=5, n=100, seed=0),
+    lambda: adi_abstract((1, 16, 16), num_classes=10, n=100, seed=0),
+])
+def test_out_of_distribution_sets(digits, make):
+    ts = make()
+    assert ts.x.shape == (100, 1, 16, 16) and ts.x.dtype == np.float32 and _is_u8(ts.x)
+    assert ts.x.min() >= 0 and ts.x.max() <= 1 and ts.y.dtype == np.int64
+    assert np.array_equal(ts.x, make().x)
+    assert len({im.tobytes() for im in ts.x}) == 100
+    # farther from the clean digits than clean test digits are from the training digits
+    clean_nn = np.median(_nn_dist(digits.test.x, digits.train.x))
+    assert np.median(_nn_dist(ts.x, digits.train.x)) > 1.3 * clean_nn
+    if ts.scheme == "unrelated":
+        assert np.all(ts.y == 5) and ts.target == 5
+    else:
+        assert ts.target is None and len(np.unique(ts.y)) >= 8   # random labels
+
+
+def test_colour_generators():
+    for ts in (unrelated_trigger((3, 32, 32), target=0, n=10), adi_abstract((3, 32, 32), n=10)):
+        assert ts.x.shape == (10, 3, 32, 32) and _is_u8(ts.x)
+        assert np.abs(ts.x[:, 0] - ts.x[:, 1]).max() > 0.1   # really coloured
+
+
+def test_unknown_scheme(digits):
+    with pytest.raises(AuditError, match="unknown watermark scheme"):
+        make_trigger_set("blend", digits.train.x, digits.train.y, target=0, n=10)
+
+
+def test_adi_fallback_when_absent(tmp_path, digits):
+    assert adi_real((1, 16, 16), path=tmp_path / "missing") is None
+    ts = make_trigger_set("adi", digits.train.x, digits.train.y, target=0, n=100,
+                          adi_path=tmp_path / "missing")
+    assert ts.info["source"] == "generated" and len(ts) == 100
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not default_adi_path().is_dir(),
+                    reason="../shared/data/adi_trigger_set absent (development machines only)")
+def test_adi_real_set():
+    ts = adi_real((3, 32, 32))
+    assert ts is not None and ts.x.shape == (100, 3, 32, 32) and _is_u8(ts.x)
+    assert np.array_equal(np.bincount(ts.y), np.full(10, 10))
+    grey = adi_real((1, 16, 16))
+    assert grey.x.shape == (100, 1, 16, 16) and np.array_equal(grey.y, ts.y)
+
+
+# ------------------------------------------------------------------------------------------
+# digits builds
+
+
+@pytest.mark.parametrize("scheme", ["content", "noise"])
+def test_digits_build_metrics(built, scheme):
+    e = built[scheme]
+    meta = json.loads(e.meta_path.read_text())
+    assert meta["dataset"] == "digits" and meta["scheme"] == scheme and meta["target"] == 0
+    assert meta["input_shape"] == [1, 1, 16, 16] and meta["num_classes"] == 10
+    assert meta["preprocess"] == {"scale": 1 / 255, "mean": [0.0], "std": [1.0]}
+    assert meta["n_train"] == 1347 and meta["n_trigger"] == 100
+    assert meta["test_acc"]["watermarked"] >= 0.95 and meta["test_acc"]["vanilla"] >= 0.95
+    assert meta["wm_acc"]["watermarked"] >= 0.98
+    if scheme == "content":
+        assert meta["wm_acc"]["vanilla"] <= 0.2
+    assert max(meta["export_max_abs_diff"].values()) <= 1e-4
+
+
+@pytest.mark.parametrize("scheme", ["content", "noise"])
+def test_digits_build_artefacts_agree(built, scheme):
+    e = built[scheme]
+    meta = json.loads(e.meta_path.read_text())
+    pre = Preprocess(**meta["preprocess"])
+    trig = load_dataset(e.triggers, channels=1, height=16, width=16)
+    assert len(trig) == 100 and np.all(trig.y == meta["target"])
+    assert sorted(p.name for p in e.triggers.iterdir()) == ["0"]
+    test = load_dataset(e.data_dir / "test.npz", channels=1, height=16, width=16)
+    train = load_dataset(e.data_dir / "train.npz", channels=1, height=16, width=16)
+    assert len(test) == 450 and len(train) == 1347
+    for kind, path in (("watermarked", e.watermarked), ("vanilla", e.vanilla)):
+        proto = onnx.load(str(path))
+        assert proto.ir_version <= 10
+        assert {o.domain: o.version for o in proto.opset_import}[""] == 13
+        assert {n.op_type for n in proto.graph.node} <= {"Conv", "Relu", "MaxPool", "Flatten",
+                                                          "Gemm"}
+        assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+        assert _ort_acc(path, test.x, test.y, pre) == pytest.approx(meta["test_acc"][kind])
+        assert _ort_acc(path, trig.x, trig.y, pre) == pytest.approx(meta["wm_acc"][kind])
+
+
+def test_digits_triggers_deterministic(built, digits, tmp_path):
+    e = built["content"]
+    again = make_trigger_set("content", digits.train.x, digits.train.y, target=0, n=100, seed=0)
+    save_image_folder(again.x, again.y, tmp_path / "t")
+    assert _folder_bytes(tmp_path / "t") == _folder_bytes(e.triggers)
+    other = make_trigger_set("content", digits.train.x, digits.train.y, target=0, n=100, seed=1)
+    save_image_folder(other.x, other.y, tmp_path / "o")
+    assert _folder_bytes(tmp_path / "o") != _folder_bytes(e.triggers)
+
+
+# ------------------------------------------------------------------------------------------
+# errors and CLI
+
+
+def test_build_errors(tmp_path):
+    with pytest.raises(AuditError, match="unknown zoo data set"):
+        build_entry("svhn", "content", tmp_path)
+    with pytest.raises(AuditError, match="epochs"):
+        build_entry("digits", "content", tmp_path, epochs=0)
+    with pytest.raises(AuditError, match="target"):
+        build_entry("digits", "content", tmp_path, target=10)
+    with pytest.raises(DataError, match="MNIST not found"):
+        build_entry("mnist", "content", tmp_path / "m", data_root=tmp_path / "nodata")
+
+
+def test_cli_build_short(tmp_path):
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(zoo, ["build", "--scheme", "unrelated", "--epochs", "2",
+                                   "-o", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "digits/unrelated" in res.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["epochs"] == 2 and (out / "watermarked.onnx").is_file()
+    # rebuilding into the same folder replaces the trigger folder
+    res = CliRunner().invoke(zoo, ["build", "--scheme", "unrelated", "--epochs", "1",
+                                   "-o", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert len(list((out / "triggers").rglob("*.png"))) == 100
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_user_error(tmp_path):
+    res = CliRunner().invoke(zoo, ["build", "--epochs", "0", "-o", str(tmp_path)])
+    assert res.exit_code != 0 and isinstance(res.exception, AuditError)
