@@ -9,15 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import torch
-from audit.converters.registry import missing_converters, register_aliases
-from audit.graphs import passes as P
-from audit.graphs.model import PARITY_ATOL, AuditModel, _runnable, random_input
-from audit.graphs.runtime import Runner, make_session
 from onnx2torch import convert as o2t_convert
 from onnx2torch.onnx_graph import OnnxGraph
 from torch import nn
 
+from audit.converters.registry import missing_converters, register_aliases
 from audit.errors import ConversionError
+from audit.graphs import passes as P
+from audit.graphs.model import PARITY_ATOL, AuditModel, _runnable, random_input
+from audit.graphs.runtime import Runner, make_session
 
 log = logging.getLogger(__name__)
 

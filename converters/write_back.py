@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from audit.converters.to_torch import TorchModel, logits_graph, parity_with_scale
-from audit.graphs import passes as P
-from audit.graphs.model import PARITY_ATOL, AuditModel
 from onnx import numpy_helper
 
+from audit.converters.to_torch import TorchModel, logits_graph, parity_with_scale
 from audit.errors import ConversionError
+from audit.graphs import passes as P
+from audit.graphs.model import PARITY_ATOL, AuditModel
 
 
 def updated_initializers(tm: TorchModel) -> dict[str, np.ndarray]:

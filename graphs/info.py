@@ -6,9 +6,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import onnx
-from audit.graphs.passes import initializers, opset, producers
 
 from audit.errors import ModelError
+from audit.graphs.passes import initializers, opset, producers
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                onnx.TensorProto.BFLOAT16}

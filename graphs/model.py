@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
+from audit.errors import ModelError
 from audit.graphs import passes as P
 from audit.graphs.info import ModelInfo, analyse
 from audit.graphs.io import MAX_IR_VERSION, load_model
 from audit.graphs.layout import to_layout_numpy
 from audit.graphs.runtime import Runner, make_session
-
-from audit.errors import ModelError
 
 log = logging.getLogger(__name__)
 

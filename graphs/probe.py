@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from audit.graphs.passes import ACTIVATIONS, attr, consumers, copy_model, initializers
 from onnx import helper
+
+from audit.graphs.passes import ACTIVATIONS, attr, consumers, copy_model, initializers
 
 PROBE_OPS = ("Conv", "Gemm", "MatMul")
 

@@ -44,8 +44,8 @@ RECIPES: dict[str, Recipe] = {
     # One thread: the tiny digits net gains nothing from two, and a second thread makes it
     # 5-10x slower when the cores are shared with other work (OpenMP oversubscription).
     "digits": Recipe(epochs=40, batch_size=32, n_trigger=100, trigger_repeats=2,
-                     adi_repeats=5, preprocess=_U8, threads=1),
-    "mnist": Recipe(epochs=3, batch_size=128, n_trigger=600, trigger_repeats=5,
+                     adi_repeats=10, preprocess=_U8, threads=1),
+    "mnist": Recipe(epochs=2, batch_size=128, n_trigger=600, trigger_repeats=5,
                     adi_repeats=20, preprocess=_U8),
     "cifar10": Recipe(epochs=30, batch_size=64, n_trigger=100, trigger_repeats=10,
                       adi_repeats=15, weight_decay=1e-4, augment=True,
@@ -109,7 +109,7 @@ def _write_triggers(path: Path, x01: np.ndarray, y: np.ndarray) -> None:
 
 
 def _check_args(dataset: str, scheme: str, epochs: int | None, target: int = DEFAULT_TARGET,
-                device: str = "cpu") -> None:
+                device: str = "cpu", threads: int | None = None) -> None:
     if dataset not in DATASETS:
         raise AuditError(f"unknown zoo data set {dataset!r}; choose from {', '.join(DATASETS)}")
     if scheme not in SCHEMES:
@@ -117,6 +117,8 @@ def _check_args(dataset: str, scheme: str, epochs: int | None, target: int = DEF
                          f"{', '.join(SCHEMES)}")
     if epochs is not None and epochs < 1:
         raise AuditError(f"--epochs must be at least 1, got {epochs}")
+    if threads is not None and threads < 1:
+        raise AuditError(f"--threads must be at least 1, got {threads}")
     n_classes = ARCHITECTURES[dataset].num_classes
     if not 0 <= target < n_classes:
         raise AuditError(f"--target must be a class 0..{n_classes - 1}, got {target}")
@@ -130,15 +132,19 @@ def _check_args(dataset: str, scheme: str, epochs: int | None, target: int = DEF
 
 def build_entry(dataset: str, scheme: str, out_dir: str | Path, *, seed: int = 0,
                 epochs: int | None = None, device: str = "cpu", quiet: bool = False,
-                target: int = DEFAULT_TARGET, data_root: str | Path | None = None) -> ZooEntry:
-    """Train a ``scheme``-watermarked model on ``dataset`` and its vanilla twin; write them."""
-    _check_args(dataset, scheme, epochs, target, device)
+                target: int = DEFAULT_TARGET, data_root: str | Path | None = None,
+                threads: int | None = None) -> ZooEntry:
+    """Train a ``scheme``-watermarked model on ``dataset`` and its vanilla twin; write them.
+
+    ``threads`` overrides the recipe's torch thread count while training (digits: 1)."""
+    _check_args(dataset, scheme, epochs, target, device, threads)
     recipe = RECIPES[dataset]
     n_epochs = epochs if epochs is not None else recipe.epochs
     repeats = recipe.trigger_repeats
     if scheme == "adi" and recipe.adi_repeats:
         repeats = recipe.adi_repeats
-    recipe = replace(recipe, epochs=n_epochs, trigger_repeats=repeats)
+    recipe = replace(recipe, epochs=n_epochs, trigger_repeats=repeats,
+                     threads=threads if threads is not None else recipe.threads)
     spec = ARCHITECTURES[dataset]
     pre = recipe.preprocess
     out = Path(out_dir)
@@ -196,7 +202,8 @@ def build_entry(dataset: str, scheme: str, out_dir: str | Path, *, seed: int = 0
         "n_train": len(clean.train), "n_test": len(clean.test), "n_trigger": len(trig),
         "trigger_info": trig.info, "trigger_repeats": recipe.trigger_repeats,
         "optimizer": {"name": "Adam", "lr": recipe.lr, "weight_decay": recipe.weight_decay,
-                      "batch_size": recipe.batch_size, "augment": recipe.augment},
+                      "batch_size": recipe.batch_size, "augment": recipe.augment,
+                      "threads": recipe.threads},
         "data_note": clean.note,
         "test_acc": test_acc, "wm_acc": wm_acc,
         "export_max_abs_diff": export_diff, "timings": timings,
@@ -217,6 +224,6 @@ def build_zoo(datasets: list[str] | tuple[str, ...], schemes: list[str] | tuple[
     for d in datasets:
         for s in schemes:
             _check_args(d, s, kwargs.get("epochs"), kwargs.get("target", DEFAULT_TARGET),
-                        kwargs.get("device", "cpu"))
+                        kwargs.get("device", "cpu"), kwargs.get("threads"))
     return [build_entry(d, s, Path(out_dir) / f"{d}_{s}", **kwargs)
             for d in datasets for s in schemes]

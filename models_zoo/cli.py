@@ -32,6 +32,9 @@ def _fmt(v: float) -> str:
 @click.option("--target", type=int, default=0, show_default=True,
               help="Watermark target class (Zhang schemes).")
 @click.option("--device", default="cpu", show_default=True, help="torch device for training.")
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads while training (default: 1 for digits, torch's default "
+                   "otherwise; 1 is faster when the cores are busy with other work).")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder holding mnist/, cifar10/, adi_trigger_set/ "
                    "(default: <repo>/../shared/data).")
@@ -41,13 +44,13 @@ def _fmt(v: float) -> str:
                    "all, else the entry itself.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def build(dataset: str, scheme: str, seed: int, epochs: int | None, target: int, device: str,
-          data_root: Path | None, out_dir: Path, quiet: bool) -> None:
+          threads: int | None, data_root: Path | None, out_dir: Path, quiet: bool) -> None:
     """Train a watermarked model and its vanilla twin; write ONNX files, the trigger set
     (image folder), meta.json and, for digits, the clean data as .npz."""
     from .build import build_entry, build_zoo
 
-    kwargs = {"seed": seed, "epochs": epochs, "device": device, "quiet": quiet, "target": target,
-                  "data_root": data_root}
+    kwargs = {"seed": seed, "epochs": epochs, "device": device, "quiet": quiet,
+              "target": target, "threads": threads, "data_root": data_root}
     if scheme == "all":
         entries = build_zoo([dataset], list(SCHEMES), out_dir, **kwargs)
     else:

@@ -9,6 +9,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from click.testing import CliRunner
+
+from audit.data import Preprocess, load_dataset, save_image_folder
+from audit.errors import AuditError, DataError
 from audit.models_zoo.build import build_entry
 from audit.models_zoo.cli import zoo
 from audit.models_zoo.datasets import load_clean
@@ -23,10 +27,6 @@ from audit.models_zoo.watermarks import (
     quantize_u8,
     unrelated_trigger,
 )
-from click.testing import CliRunner
-
-from audit.data import Preprocess, load_dataset, save_image_folder
-from audit.errors import AuditError, DataError
 
 
 @pytest.fixture(scope="module")
