@@ -80,6 +80,18 @@ def write_result(name: str, obj: dict) -> Path:
     return out
 
 
+def update_result(name: str, update) -> Path:
+    """Read-modify-write bench/results/<name> under a lock (parallel sweeps of one bench)."""
+    import fcntl
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = RESULTS / name
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        return write_result(name, update(old))
+
+
 def zoo_entry(dataset: str, scheme: str, *, seed: int = 0, cache: Path = ZOO_CACHE,
               quiet: bool = True, rebuild: bool = False):
     """The zoo entry <cache>/<dataset>_<scheme>_s<seed>, built when absent (build_entry)."""

@@ -16,7 +16,6 @@ Usage: python bench/launder_badnets.py [--seeds 0 1 2] [--label default] [launde
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -97,10 +96,9 @@ def main() -> None:
     common.need_shared(MODEL, common.MNIST_TRAIN, common.MNIST_TEST)
     common.set_threads(args.threads)
 
+    from audit.data import Preprocess, stratified_subset
     from audit.graphs.io import save_model
     from audit.graphs.model import AuditModel
-
-    from audit.data import Preprocess, stratified_subset
     from audit.launder import launder_model
 
     pp = Preprocess(scale=1 / 255, mean=(0.5,), std=(0.5,))
@@ -149,19 +147,20 @@ def main() -> None:
               f"ASR {before['asr']:.4f} -> {after['asr']:.4f}, best round {res.best_round}, "
               f"{seconds:.0f} s -> {'PASS' if ok else 'FAIL'}", flush=True)
 
-    path = common.RESULTS / "launder_badnets.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    configs = old.get("configs", {})
-    configs[args.label] = {"parameters": cfg.to_dict(), "argv": sys.argv[1:],
-                           "machine": machine_before, "runs": runs,
-                           "all_pass": all(r["pass"] for r in runs)}
-    common.write_result("launder_badnets.json", {
-        "what": "BadNets MNIST (../shared/data/backdoored/badnets_mnist.onnx) laundered with "
-                f"{SUBSET} stratified MNIST training images",
-        "acceptance": {"asr_max": 0.02, "clean_acc_min": 0.97},
-        "model": str(MODEL), "trigger": "u8 pixels [23:28, 23:28] = 255 on test images with "
-                                         "label != 1; target 1",
-        "configs": configs})
+    def update(old: dict) -> dict:
+        configs = old.get("configs", {})
+        configs[args.label] = {"parameters": cfg.to_dict(), "argv": sys.argv[1:],
+                               "machine": machine_before, "runs": runs,
+                               "all_pass": all(r["pass"] for r in runs)}
+        return {"what": "BadNets MNIST (../shared/data/backdoored/badnets_mnist.onnx) laundered "
+                        f"with {SUBSET} stratified MNIST training images",
+                "acceptance": {"asr_max": 0.02, "clean_acc_min": 0.97},
+                "model": str(MODEL),
+                "trigger": "u8 pixels [23:28, 23:28] = 255 on test images with label != 1; "
+                           "target 1",
+                "configs": configs}
+
+    path = common.update_result("launder_badnets.json", update)
     print(f"wrote {path}")
 
 

@@ -18,7 +18,6 @@ Usage: python bench/launder_mnist.py [--schemes content noise unrelated adi] [--
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -59,10 +58,9 @@ def main() -> None:
     common.need_shared(common.MNIST_TRAIN, common.MNIST_TEST)
     common.set_threads(args.threads)
 
+    from audit.data import Preprocess, load_dataset, stratified_subset
     from audit.graphs.io import save_model
     from audit.graphs.model import AuditModel
-
-    from audit.data import Preprocess, load_dataset, stratified_subset
     from audit.launder import launder_model
 
     train, test = common.mnist("train"), common.mnist("test")
@@ -116,20 +114,23 @@ def main() -> None:
               f"{wm_after:.4f} (vanilla {vanilla_rate:.4f}), {seconds:.0f} s -> "
               f"{'PASS' if row['pass'] else 'FAIL'}", flush=True)
 
-    path = common.RESULTS / "launder_mnist.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    configs = old.get("configs", {})
-    prev = {r["scheme"]: r for r in configs.get(args.label, {}).get("rows", [])}
-    prev.update({r["scheme"]: r for r in rows})   # a run of some schemes keeps the others
-    merged = [prev[s] for s in SCHEMES if s in prev]
-    configs[args.label] = {"parameters": cfg.to_dict(), "argv": sys.argv[1:], "seed": args.seed,
-                           "machine": machine, "rows": merged,
-                           "all_pass": all(r["pass"] for r in merged), "table": table(merged)}
-    common.write_result("launder_mnist.json", {
-        "what": f"MNIST zoo (paper Table 5 net) laundered with {SUBSET} stratified training "
-                "images (0.6%), <= 3 rounds",
-        "acceptance": {"wm_acc_max": "vanilla + 0.02", "test_acc_drop_max": 0.02},
-        "configs": configs})
+    merged: list[dict] = []
+
+    def update(old: dict) -> dict:
+        configs = old.get("configs", {})
+        prev = {r["scheme"]: r for r in configs.get(args.label, {}).get("rows", [])}
+        prev.update({r["scheme"]: r for r in rows})   # a run of some schemes keeps the others
+        merged[:] = [prev[s] for s in SCHEMES if s in prev]
+        configs[args.label] = {"parameters": cfg.to_dict(), "argv": sys.argv[1:],
+                               "seed": args.seed, "machine": machine, "rows": merged,
+                               "all_pass": all(r["pass"] for r in merged),
+                               "table": table(merged)}
+        return {"what": f"MNIST zoo (paper Table 5 net) laundered with {SUBSET} stratified "
+                        "training images (0.6%), <= 3 rounds",
+                "acceptance": {"wm_acc_max": "vanilla + 0.02", "test_acc_drop_max": 0.02},
+                "configs": configs}
+
+    path = common.update_result("launder_mnist.json", update)
     print()
     print(table(merged))
     print(f"\nwrote {path}")

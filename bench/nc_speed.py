@@ -32,7 +32,6 @@ BUSY = 1.5
 
 def launder_once(entry, sub, pp) -> dict:
     from audit.graphs.model import AuditModel
-
     from audit.launder import LaunderConfig, launder_model
 
     am = AuditModel.load(entry.watermarked, device="cpu")
@@ -51,10 +50,10 @@ def launder_once(entry, sub, pp) -> dict:
 
 def nc_compare(entry, sub, pp, epochs: int, steps: int) -> dict:
     import torch
-    from audit.converters.to_torch import to_torch
-    from audit.graphs.model import AuditModel
 
+    from audit.converters.to_torch import to_torch
     from audit.forward import make_forward
+    from audit.graphs.model import AuditModel
     from audit.nc import NCConfig, recover
 
     am = AuditModel.load(entry.watermarked, device="cpu")

@@ -92,10 +92,9 @@ def hwm_mb() -> float:
 
 
 def worker(model: str, n: int, batch_size: int) -> dict:
+    from audit.data import Preprocess
     from audit.graphs.model import AuditModel
     from audit.graphs.probe import find_probe_layers, mean_activations
-
-    from audit.data import Preprocess
 
     am = AuditModel.load(model, device="cpu")
     layers = find_probe_layers(am.normalised, am.original)

@@ -83,12 +83,12 @@ def main() -> int:
     info = machine()
     import numpy as np
     import torch
+
     from audit.converters.to_torch import to_torch
+    from audit.data import Preprocess
     from audit.graphs.model import AuditModel
     from audit.graphs.probe import find_probe_layers, mean_activations
     from audit.graphs.runtime import make_session
-
-    from audit.data import Preprocess
 
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:

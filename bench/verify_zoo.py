@@ -88,8 +88,9 @@ def mnist_entry(detect_zoo: Path, scheme: str, copy_from: list[Path], build: boo
                 ) -> tuple[Path | None, str]:
     import shutil
 
-    from audit.models_zoo.build import build_entry
     from detect_models import find_identical
+
+    from audit.models_zoo.build import build_entry
 
     out = detect_zoo / f"mnist_{scheme}"
     if (out / "meta.json").is_file():
@@ -108,10 +109,9 @@ def mnist_entry(detect_zoo: Path, scheme: str, copy_from: list[Path], build: boo
 
 def run_entry(dataset: str, scheme: str, entry_dir: Path, how: str, train, test,
               work: Path, seed: int) -> dict:
-    from audit.graphs.model import AuditModel
-
     from audit import api
     from audit.data import Preprocess, stratified_subset
+    from audit.graphs.model import AuditModel
     from audit.launder import LaunderConfig
 
     meta = json.loads((entry_dir / "meta.json").read_text())

@@ -19,15 +19,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from audit.converters.to_torch import logits_graph, to_torch, torch_logits
-from audit.converters.write_back import updated_initializers, write_back
-from audit.graphs.io import had_external_data, load_model, save_model
-from audit.graphs.model import AuditModel
 from onnx import numpy_helper
 from torch import nn
 
 from audit.cli import run
+from audit.converters.to_torch import logits_graph, to_torch, torch_logits
+from audit.converters.write_back import updated_initializers, write_back
 from audit.data import Preprocess, load_dataset
+from audit.graphs.io import had_external_data, load_model, save_model
+from audit.graphs.model import AuditModel
 
 PARITY = 1e-4
 

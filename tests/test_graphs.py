@@ -11,14 +11,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from audit.graphs import passes as P
-from audit.graphs.info import analyse
-from audit.graphs.model import AuditModel
-from audit.graphs.probe import expose, find_probe_layers, mean_activations
 from onnx import TensorProto, helper, numpy_helper
 
 from audit.data import Preprocess
 from audit.errors import ModelError
+from audit.graphs import passes as P
+from audit.graphs.info import analyse
+from audit.graphs.model import AuditModel
+from audit.graphs.probe import expose, find_probe_layers, mean_activations
 
 RNG = np.random.default_rng(1234)
 F = TensorProto.FLOAT

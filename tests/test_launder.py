@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from audit.graphs.model import AuditModel
 from onnx import helper, numpy_helper
 from PIL import Image
 
 from audit.cli import run
 from audit.data import Dataset, Preprocess, load_dataset, stratified_subset
+from audit.graphs.model import AuditModel
 
 PP = Preprocess()                      # the digits zoo models take u8/255
 SUBSET = 150
@@ -390,9 +390,8 @@ def test_failed_launder_keeps_an_existing_output(zoo, bad_files, tmp_path, capsy
 
 def test_failure_while_writing_leaves_no_partial_file(zoo, tmp_path, capsys, monkeypatch):
     """The write itself fails half-way: no output file and no temporary left beside it."""
-    import audit.graphs.io as gio
-
     import audit.api
+    import audit.graphs.io as gio
     from audit.launder import LaunderResult
 
     def fake_launder_model(am, subset, pp, cfg, progress=None):

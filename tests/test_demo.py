@@ -1,0 +1,134 @@
+"""`audit demo` (issue 4): the README's main job, end to end on the embedded digits data.
+
+One run per module (`audit demo --out <tmp> --quiet --device cpu`, in process): it builds a
+content-watermarked digits model and its vanilla twin, verifies, detects, launders with 150
+images, verifies again and evaluates. Checked here: the acceptance numbers of summary.json
+(watermark accuracy before >= 95%, after <= vanilla rate + 5 points, test accuracy drop
+<= 3 points), the Table-2-style summary on stdout, and that --out holds every artefact; the
+laundered model's numbers are re-measured with `audit verify` / `audit evaluate`. The wall-clock
+acceptance (< 3 min) is measured by bench/verify_zoo.py (bench/results/demo.json), not here.
+
+The machine running the suite may be shared with other jobs: torch is limited to one thread
+for this module (oversubscribed OpenMP threads slow training 5-10x), restored afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from audit.cli import run
+
+pytestmark = pytest.mark.slow
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict:
+    import io
+    import sys
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("demo") / "out"
+    mp = pytest.MonkeyPatch()
+    buf_out, buf_err = io.StringIO(), io.StringIO()
+    mp.setattr(sys, "stdout", buf_out)
+    mp.setattr(sys, "stderr", buf_err)
+    try:
+        rc = run(["demo", "--out", str(out), "--quiet", "--device", "cpu"])
+    finally:
+        mp.undo()
+        torch.set_num_threads(before)
+    summary = json.loads((out / "summary.json").read_text()) if rc == 0 else None
+    return {"rc": rc, "out": out, "stdout": buf_out.getvalue(), "stderr": buf_err.getvalue(),
+            "summary": summary}
+
+
+def test_demo_exits_0_quietly(demo):
+    assert demo["rc"] == 0, demo["stderr"]
+    # --quiet: no step lines, no progress bars, and never a traceback
+    assert "[1/6]" not in demo["stderr"] and "Traceback" not in demo["stderr"]
+    assert "error:" not in demo["stderr"]
+
+
+def test_demo_acceptance_numbers(demo):
+    s = demo["summary"]
+    assert s is not None, demo["stderr"]
+    ta, wa, van = s["test_accuracy"], s["watermark_accuracy"], s["vanilla_rate"]
+    assert wa["original"] >= 0.95, s
+    assert wa["laundered"] <= van + 0.05, s
+    assert ta["original"] - ta["laundered"] <= 0.03, s
+    assert s["ownership"]["original"] is True and s["ownership"]["p_value_original"] < 0.01
+    assert s["ownership"]["laundered"] is False and s["ownership"]["p_value_laundered"] >= 0.01
+
+
+def test_demo_summary_fields(demo):
+    s = demo["summary"]
+    assert s["scheme"] == "content" and s["subset_size"] == 150 and s["train_size"] == 1347
+    assert s["subset_share"] == pytest.approx(150 / 1347)
+    assert 0 <= s["vanilla_rate"] <= 0.1
+    assert 1 <= s["launder_rounds"] <= 3 and s["launder_seconds"] > 0 and s["seconds"] > 0
+    det = s["detect"]
+    assert det["target"] == 0 and len(det["anomaly_index"]) == 10
+    assert all(0 <= k < 10 for k in det["flagged"])
+
+
+def test_demo_prints_the_table(demo):
+    out = demo["stdout"]
+    s = demo["summary"]
+    assert "Table-2 style" in out
+    for label in ("test accuracy %", "watermark accuracy %", "vanilla rate %",
+                  "ownership (p<0.01)", "detect: flagged class(es)", "laundering data: 150"):
+        assert label in out, out
+    wm_line = next(line for line in out.splitlines() if line.startswith("watermark accuracy %"))
+    assert f"{100 * s['watermark_accuracy']['original']:.2f}" in wm_line
+    assert f"{100 * s['watermark_accuracy']['laundered']:.2f}" in wm_line
+    own = next(line for line in out.splitlines() if line.startswith("ownership"))
+    assert own.split()[-2:] == ["yes", "no"]
+
+
+def test_demo_out_folder(demo):
+    out: Path = demo["out"]
+    for rel in ("summary.json", "subset.npz", "laundered.onnx", "zoo/watermarked.onnx",
+                "zoo/vanilla.onnx", "zoo/meta.json", "detect/report.json",
+                "launder/report.json"):
+        assert (out / rel).is_file(), rel
+    assert (out / "zoo" / "triggers").is_dir() and (out / "zoo" / "data" / "test.npz").is_file()
+    assert sorted(p.name for p in (out / "zoo" / "triggers").iterdir()) == ["0"]
+    assert len(list((out / "detect").glob("mask_*.png"))) == 10
+    det = json.loads((out / "detect" / "report.json").read_text())
+    assert det["command"] == "detect" and det["flagged"] == demo["summary"]["detect"]["flagged"]
+    lau = json.loads((out / "launder" / "report.json").read_text())
+    assert lau["command"] == "launder" and lau["inputs"]["subset_size"] == 150
+    assert Path(lau["output"]).resolve() == (out / "laundered.onnx").resolve()
+
+
+def test_demo_numbers_reproduce_with_the_cli(demo, capsys):
+    """The laundered file on disk gives the summary's numbers under `audit verify/evaluate`."""
+    out, s = demo["out"], demo["summary"]
+    rc, o, err = cli(capsys, "verify", out / "laundered.onnx", "--triggers", out / "zoo/triggers",
+                     "--vanilla", out / "zoo/vanilla.onnx", "--json", "--device", "cpu")
+    v = json.loads(o)
+    assert rc == 1 and v["demonstrated"] is False, err
+    assert v["watermark_accuracy"] == pytest.approx(s["watermark_accuracy"]["laundered"])
+    assert v["vanilla_rate"] == pytest.approx(s["vanilla_rate"])
+    rc, o, err = cli(capsys, "verify", out / "zoo/watermarked.onnx", "--triggers",
+                     out / "zoo/triggers", "--vanilla", out / "zoo/vanilla.onnx", "--json",
+                     "--device", "cpu")
+    assert rc == 0 and json.loads(o)["p_value"] == pytest.approx(
+        s["ownership"]["p_value_original"]), err
+    rc, o, err = cli(capsys, "evaluate", out / "laundered.onnx", "--data",
+                     out / "zoo/data/test.npz", "--json", "--device", "cpu")
+    assert rc == 0, err
+    assert json.loads(o)["accuracy"] == pytest.approx(s["test_accuracy"]["laundered"])
