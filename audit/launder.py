@@ -20,6 +20,8 @@ from audit.forward import make_forward
 from audit.graphs.model import AuditModel
 from audit.graphs.probe import find_probe_layers, mean_activations
 from audit.nc import NCConfig, Recovery, recover
+from audit.ood import generate as ood_generate
+from audit.ood import palette
 from audit.reset import (
     ResetMask,
     Threshold,
@@ -43,10 +45,13 @@ class LaunderConfig:
     layers: str = "all"
     nc: NCConfig = field(default_factory=NCConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
-    # extra out-of-distribution images (all recovered masks/triggers/patterns + scribbles)
-    # labelled as the sink class, as a share of the data; 0.1 weakens unrelated and abstract
-    # watermarks much more but cost BadNets-MNIST one point of accuracy, so it is opt-in
-    ood_share: float = 0.0
+    # fresh synthetic out-of-distribution images (audit.ood: printed characters, scribbles,
+    # noise) learnt as the sink class every retraining epoch, as a share of the retraining
+    # set: what removes "unrelated" and abstract-image watermarks; 0 turns it off
+    ood_share: float = 0.5
+    # rounds whose subset accuracy is within this of the best count as equally good: the
+    # latest of them is kept
+    keep_tolerance: float = 0.005
     device: str = "auto"
 
     def to_dict(self) -> dict:
@@ -70,6 +75,8 @@ class RoundResult:
     stopped: str | None = None
     lr: float | None = None
     lr_scores: dict[str, float] = field(default_factory=dict)
+    sink_class: int | None = None
+    ood_prediction_shares: list[float] | None = None
 
 
 @dataclass
@@ -128,10 +135,13 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
         teacher = make_forward(teacher_tm, preprocess)
     rounds: list[RoundResult] = []
     recoveries: list[Recovery] = []
-    best_state, best_acc, best_round = None, -1.0, 0
+    states: dict[int, dict] = {}
     ll0 = None
     suspects: set[int] = set()
     chosen_lr, lr_scores = None, {}
+    tm.module.eval()
+    ood_shares = _ood_shares(forward, subset, k, cfg.seed)   # the original model's
+    sink: int | None = None
     stop = f"completed {cfg.rounds} round(s)"
     for r in range(1, cfg.rounds + 1):
         times: dict[str, float] = {}
@@ -153,11 +163,9 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
         # Classes flagged in any round stay suspects: after a round the residual backdoor is
         # weaker (often no longer an outlier) but its trigger is still worth unlearning.
         suspects.update(rec.flagged)
-        used = sorted(suspects) or ([rec.most_likely] if r == 1 else [])
-        if not used:
-            stop = f"round {r}: no class flagged"
-            rounds.append(_stopped(r, rec, stop, times))
-            break
+        # nothing flagged: the most likely class's trigger still drives a reset, and the
+        # retraining's out-of-distribution term works on watermarks Neural Cleanse cannot see
+        used = sorted(suspects) or [rec.most_likely]
         stamped = np.concatenate([rec.stamp(subset.x, c) for c in used])
         stamped_y = np.tile(subset.y, len(used))
 
@@ -182,15 +190,18 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
 
         t = time.perf_counter()
         reset_batchnorm_stats(tm.module)
-        sink = _sink_class(rec, suspects)
+        # one sink for the whole run: moving it would make a later round unteach the last
+        if sink is None or sink in suspects:
+            sink = _sink_class(rec, suspects, ood_shares)
         parts = (subset, stamped, stamped_y, rec, used, sink, cfg.ood_share, cfg.seed + r)
         if cfg.retrain.lr is None and chosen_lr is None:
             chosen_lr, lr_scores = _choose_lr(tm, forward, parts, cfg, keep, teacher, cfg.seed + r)
         rcfg = replace(cfg.retrain, lr=chosen_lr if cfg.retrain.lr is None else cfg.retrain.lr)
-        x_train, y_train, aug, distill_mask, target_mask = _retraining_set(*parts)
+        x_train, y_train, aug, distill_mask, target_mask, ood = _retraining_set(*parts)
         losses = retrain(tm.module, forward, x_train, y_train, rcfg, keep,
                          seed=cfg.seed + r, augment_mask=aug, teacher=teacher,
                          distill_mask=distill_mask, target_mask=torch.from_numpy(target_mask),
+                         ood=ood, ood_label=sink,
                          progress=(lambda e, n, r=r: progress(f"round {r}: retrain", e, n))
                          if progress else None)
         reestimate_batchnorm(tm.module, forward, subset.x)
@@ -199,17 +210,17 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
         acc = _torch_accuracy(forward, subset.x, subset.y)
         stamped_acc = _torch_accuracy(forward, stamped, stamped_y)
         rounds.append(RoundResult(round=r, recovery=rec.summary(), triggers_used=used,
+                                  sink_class=sink, ood_prediction_shares=ood_shares,
                                   units_reset=reset_counts, thresholds=cutoffs,
                                   lr=rcfg.lr, lr_scores=lr_scores if r == 1 else {},
                                   subset_accuracy=acc, stamped_accuracy=stamped_acc,
                                   losses=losses, seconds=times))
         if on_round:
             on_round(rounds[-1], forward)
-        if acc >= best_acc:  # ties go to the later, more laundered round
-            best_state, best_acc, best_round = copy.deepcopy(tm.module.state_dict()), acc, r
-    if best_state is None:
-        best_state = copy.deepcopy(tm.module.state_dict())
-    tm.module.load_state_dict(best_state)
+        states[r] = copy.deepcopy(tm.module.state_dict())
+    best_round = _best_round(rounds, cfg.keep_tolerance)
+    if best_round:
+        tm.module.load_state_dict(states[best_round])
     laundered = write_back(tm)
     check_written(laundered, tm, x_check)
     out_am = AuditModel.from_proto(laundered, device=am.device)
@@ -220,73 +231,68 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
                          seconds=time.perf_counter() - t_start, recoveries=recoveries)
 
 
+def _best_round(rounds: list[RoundResult], tolerance: float) -> int:
+    """The best round by subset accuracy; rounds within tolerance of it count as equal and the
+    later (more laundered) one wins. 0 when no round retrained."""
+    done = [r for r in rounds if not r.stopped]
+    if not done:
+        return 0
+    best = max(r.subset_accuracy for r in done)
+    return max(r.round for r in done if r.subset_accuracy >= best - tolerance - 1e-12)
+
+
 def _stopped(r: int, rec: Recovery, reason: str, times: dict) -> RoundResult:
     return RoundResult(round=r, recovery=rec.summary(), triggers_used=[], units_reset={},
                        thresholds={}, subset_accuracy=float("nan"),
                        stamped_accuracy=float("nan"), losses=[], seconds=times, stopped=reason)
 
 
-def _sink_class(rec: Recovery, suspects: set[int]) -> int:
-    """The least likely infected class that was never a suspect: masks are labelled with it."""
-    for k in np.argsort(-rec.norms):
-        if int(k) not in suspects:
-            return int(k)
-    return rec.least_likely
+def _sink_class(rec: Recovery, suspects: set[int], ood_shares: list[float]) -> int:
+    """The class that out-of-distribution images and the recovered masks are taught.
 
-
-def scribbles(n: int, c: int, h: int, w: int, seed: int) -> np.ndarray:
-    """Random strokes, ellipses and polygons on a dark ground: generic out-of-distribution images.
-
-    Stand-ins for the "unrelated" and abstract-image watermarks a black-box launderer cannot
-    see; labelled as the sink class they compete with whatever label such images were given.
+    The least likely infected class (largest mask norm) that was never a suspect and does not
+    attract synthetic out-of-distribution images (more than twice its fair share of the
+    original model's predictions on them): such an attractor may be the label of an
+    "unrelated" or noise watermark, which a sink there would teach again.
     """
-    from PIL import Image, ImageDraw
+    k = len(rec.norms)
+    for c in np.argsort(-rec.norms):
+        if int(c) not in suspects and ood_shares[int(c)] <= 2.0 / k:
+            return int(c)
+    free = [c for c in range(k) if c not in suspects] or list(range(k))
+    return int(min(free, key=lambda c: ood_shares[c]))
 
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, c, h, w), np.float32)
-    mode = "L" if c == 1 else "RGB"
-    for i in range(n):
-        im = Image.new(mode, (w, h), 0 if c == 1 else (0, 0, 0))
-        d = ImageDraw.Draw(im)
-        for _ in range(int(rng.integers(1, 5))):
-            col = int(rng.integers(96, 256)) if c == 1 else tuple(int(v) for v in rng.integers(0, 256, 3))
-            pts = [(float(rng.uniform(0, w)), float(rng.uniform(0, h))) for _ in range(int(rng.integers(2, 5)))]
-            kind = rng.integers(0, 3)
-            width = max(1, int(round(min(h, w) * rng.uniform(0.04, 0.12))))
-            if kind == 0:
-                d.line(pts, fill=col, width=width)
-            elif kind == 1 and len(pts) >= 2:
-                (x0, y0), (x1, y1) = pts[0], pts[1]
-                d.ellipse([min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1], outline=col,
-                          width=width)
-            else:
-                d.polygon(pts, fill=col)
-        a = np.asarray(im, np.float32) / 255.0
-        out[i] = a[None] if c == 1 else a.transpose(2, 0, 1)[:c]
-    return out
+
+OOD_PROBE = 500
+
+
+@torch.no_grad()
+def _ood_shares(forward, subset: Dataset, k: int, seed: int) -> list[float]:
+    """Share of each class in the (original) model's predictions on synthetic OOD images."""
+    x = ood_images(OOD_PROBE, subset, seed=10_000 + seed)
+    pred = torch.cat([forward(torch.from_numpy(x[i:i + 250])).argmax(1) for i in range(0, len(x), 250)])
+    return [round(float(v), 4) for v in np.bincount(pred.numpy(), minlength=k)[:k] / len(x)]
+
+
+def ood_images(n: int, subset: Dataset, seed: int) -> np.ndarray:
+    return ood_generate(n, subset.x.shape[1:], seed, pal=palette(subset.x))
 
 
 def _retraining_set(subset: Dataset, stamped: np.ndarray, stamped_y: np.ndarray, rec: Recovery,
                     used: list[int], sink: int, share: float, ood_seed: int = 0,
                     mask_share: float = 0.02):
-    """Clean + stamped (true labels) + out-of-distribution images labelled as the sink class.
+    """Clean + stamped (true labels) + the recovered masks labelled as the sink class.
 
     As in the paper, the masks (and triggers) of the triggers used are labelled with the sink
-    class (``mask_share`` of the data). With ``share`` > 0, every class's recovered mask,
-    trigger and pattern plus generic scribbles are added too, ``share`` of the data.
+    class (``mask_share`` of the data). With ``share`` > 0 the returned ``ood(epoch)`` makes
+    fresh synthetic out-of-distribution images, ``share`` of the data, for each epoch.
     """
     n_c, c, h, w = subset.x.shape
     n_data = len(subset) + len(stamped)
     used_imgs = np.concatenate([np.repeat(rec.masks[used], c, axis=1),
                                 rec.masks[used] * rec.patterns[used]]).astype(np.float32)
     reps = max(1, int(round(mask_share * n_data / max(len(used_imgs), 1))))
-    parts = [np.tile(used_imgs, (reps, 1, 1, 1))]
-    if share > 0:
-        recovered = np.concatenate([np.repeat(rec.masks, c, axis=1), rec.masks * rec.patterns,
-                                    rec.patterns]).astype(np.float32)
-        n_ood = max(len(recovered), int(round(share * n_data)))
-        parts += [recovered, scribbles(max(0, n_ood - len(recovered)), c, h, w, ood_seed)]
-    extra = np.concatenate(parts)
+    extra = np.tile(used_imgs, (reps, 1, 1, 1))
     x = np.concatenate([subset.x, stamped, extra]).astype(np.float32)
     y = np.concatenate([subset.y, stamped_y, np.full(len(extra), sink)]).astype(np.int64)
     n, s = len(subset), len(stamped)
@@ -294,7 +300,9 @@ def _retraining_set(subset: Dataset, stamped: np.ndarray, stamped_y: np.ndarray,
     aug = idx < n + s                  # masks are positional: never shifted
     distill_mask = idx < n             # the original model is trusted on clean images only
     target_mask = (idx >= n) & (idx < n + s)
-    return x, y, aug, distill_mask, target_mask
+    n_ood = int(round(share * n_data))
+    ood = (lambda epoch: ood_images(n_ood, subset, seed=ood_seed * 1000 + epoch)) if n_ood else None
+    return x, y, aug, distill_mask, target_mask, ood
 
 
 LR_CANDIDATES = (1e-3, 3e-4, 1e-4)
@@ -318,7 +326,7 @@ def _choose_lr(tm, forward, parts, cfg: LaunderConfig, keep: ResetMask, teacher,
     ho_idx = np.concatenate([hold + i * n for i in range(reps)])
     part = (subset.subset(train_idx), stamped[st_idx], stamped_y[st_idx], rec, used, sink, share,
             ood_seed)
-    x, y, aug, dm, tmask = _retraining_set(*part)
+    x, y, aug, dm, tmask, ood = _retraining_set(*part)
     start = copy.deepcopy(tm.module.state_dict())
     scores = {}
     for lr in LR_CANDIDATES:
@@ -326,7 +334,7 @@ def _choose_lr(tm, forward, parts, cfg: LaunderConfig, keep: ResetMask, teacher,
         keep.apply()
         trial = replace(cfg.retrain, lr=lr, max_epochs=cfg.retrain.epochs)
         retrain(tm.module, forward, x, y, trial, keep, seed=seed, augment_mask=aug,
-                teacher=teacher, distill_mask=dm)
+                teacher=teacher, distill_mask=dm, ood=ood, ood_label=sink)
         # held-out cross-entropy: continuous, so it separates rates that a few dozen
         # images' accuracy cannot
         clean = _torch_loss(forward, subset.x[hold], subset.y[hold])

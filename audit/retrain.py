@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -18,16 +19,25 @@ class RetrainConfig:
     batch_size: int = 32
     weight_decay: float = 0.0
     optimizer: str = "adam"   # adam | sgd (momentum 0.9)
-    augment: bool = False     # random shifts of up to `shift` pixels
-    shift: int = 2
+    augment: bool = True      # random shifts of clean and stamped images
+    shift: int | None = None  # pixels; None: 7% of the smaller side (2 on MNIST/CIFAR, 1 on 8x8)
     distill: float = 1.0      # weight of a distillation term (original model, clean images)
+    # share of the clean images of a batch also distilled as mixup blends of two of them: the
+    # teacher's scores between classes carry what a few hundred hard labels cannot
+    mixup: float = 0.5
     # after `epochs`, go on (up to max_epochs) until the stamped images are learnt to this level
     target_accuracy: float = 0.99
     max_epochs: int = 60
     temperature: float = 4.0
+    ood_weight: float = 1.0   # weight of the out-of-distribution (sink class) term
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def shift_for(self, h: int, w: int) -> int:
+        if not self.augment:
+            return 0
+        return self.shift if self.shift is not None else max(1, round(0.07 * min(h, w)))
 
 
 def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -44,18 +54,26 @@ def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tenso
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def _kd(logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
+    target = F.softmax(teacher_logits / t, dim=1)
+    return F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean") * t * t
+
+
 def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cfg: RetrainConfig,
             keep: ResetMask, *, seed: int = 0, augment_mask: np.ndarray | None = None,
             teacher=None, distill_mask: np.ndarray | None = None,
-            target_mask: np.ndarray | None = None, progress=None) -> list[float]:
+            target_mask: np.ndarray | None = None,
+            ood: Callable[[int], np.ndarray] | None = None, ood_label: int | None = None,
+            progress=None) -> list[float]:
     """Fine-tune module (through forward) on (x01, y). Returns the mean loss per epoch.
 
     augment_mask marks the samples that may be shifted (clean and stamped images; the
     recovered masks are positional and stay as they are). With cfg.distill > 0 the samples in
-    distill_mask (clean images) also learn the teacher's softened scores: a few hundred hard
-    labels alone pull a converged model off its clean behaviour. With target_mask (the
-    stamped images), training continues past cfg.epochs until those are classified with
-    cfg.target_accuracy, or cfg.max_epochs is reached.
+    distill_mask (clean images) also learn the teacher's softened scores, and so do mixup
+    blends of them (cfg.mixup): a few hundred hard labels alone pull a converged model off its
+    clean behaviour. ood(epoch) gives that epoch's out-of-distribution images, learnt as
+    ood_label alongside the batches. With target_mask (the stamped images), training continues
+    past cfg.epochs until those are classified with cfg.target_accuracy, or cfg.max_epochs.
     """
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -65,10 +83,12 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     xt = torch.from_numpy(x01)
     yt = torch.from_numpy(y.astype(np.int64))
+    shift = cfg.shift_for(*x01.shape[2:])
     aug = torch.from_numpy(augment_mask) if augment_mask is not None else torch.ones(len(y), dtype=torch.bool)
     soft = (torch.from_numpy(distill_mask) if distill_mask is not None
             else torch.ones(len(y), dtype=torch.bool))
     use_kd = teacher is not None and cfg.distill > 0
+    n_batches = max(1, -(-len(yt) // cfg.batch_size))
     losses = []
     module.train()
     total_epochs = max(cfg.epochs, cfg.max_epochs) if target_mask is not None else cfg.epochs
@@ -77,28 +97,43 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
                 >= cfg.target_accuracy:
             break
         perm = torch.randperm(len(yt), generator=gen)
+        xo = torch.from_numpy(ood(epoch)) if ood is not None and cfg.ood_weight > 0 else None
+        per_batch = -(-len(xo) // n_batches) if xo is not None else 0
         total, count = 0.0, 0
-        for i in range(0, len(perm), cfg.batch_size):
+        for b, i in enumerate(range(0, len(perm), cfg.batch_size)):
             idx = perm[i:i + cfg.batch_size]
             if len(idx) < 2:
                 continue
             xb, yb = xt[idx], yt[idx]
-            if cfg.augment:
+            if shift:
                 a = aug[idx]
                 if a.any():
                     xb = xb.clone()
-                    xb[a] = _shift(xb[a], cfg.shift, gen)
-            logits = forward(xb)
+                    xb[a] = _shift(xb[a], shift, gen)
+            views = [xb]
+            d = soft[idx] if use_kd else torch.zeros(len(idx), dtype=torch.bool)
+            kd_x = xb[d]
+            if use_kd and cfg.mixup > 0 and len(kd_x) >= 2:
+                m = int(round(cfg.mixup * len(kd_x)))
+                lam = torch.rand(m, 1, 1, 1, generator=gen)
+                i1 = torch.randint(0, len(kd_x), (m,), generator=gen)
+                i2 = torch.randint(0, len(kd_x), (m,), generator=gen)
+                kd_x = torch.cat([kd_x, lam * kd_x[i1] + (1 - lam) * kd_x[i2]])
+                views.append(kd_x[int(d.sum()):])
+            ob = xo[b * per_batch:(b + 1) * per_batch] if xo is not None else None
+            if ob is not None and len(ob):
+                views.append(ob)
+            logits_all = forward(torch.cat(views)) if len(views) > 1 else forward(xb)
+            logits = logits_all[:len(idx)]
             loss = F.cross_entropy(logits, yb)
-            if use_kd:
-                d = soft[idx]
-                if d.any():
-                    t = cfg.temperature
-                    with torch.no_grad():
-                        target = F.softmax(teacher(xb[d]) / t, dim=1)
-                    kd = F.kl_div(F.log_softmax(logits[d] / t, dim=1), target,
-                                  reduction="batchmean") * t * t
-                    loss = loss + cfg.distill * kd * d.float().mean()
+            if use_kd and len(kd_x):
+                kd_logits = torch.cat([logits[d], logits_all[len(idx):len(idx) + len(kd_x) - int(d.sum())]])
+                with torch.no_grad():
+                    t_logits = teacher(kd_x)
+                loss = loss + cfg.distill * _kd(kd_logits, t_logits, cfg.temperature)
+            if ob is not None and len(ob):
+                target = torch.full((len(ob),), int(ood_label), dtype=torch.long)
+                loss = loss + cfg.ood_weight * F.cross_entropy(logits_all[-len(ob):], target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -47,6 +47,8 @@ def add_launder_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--augment", action="store_true")
     ap.add_argument("--nc-epochs", type=int, default=None)
     ap.add_argument("--layers", default=None)
+    ap.add_argument("--ood-share", type=float, default=None,
+                    help="LaunderConfig.ood_share (extra out-of-distribution images)")
 
 
 def launder_config(args, seed: int):
@@ -61,6 +63,10 @@ def launder_config(args, seed: int):
         cfg.conv_threshold = args.conv_threshold
     if args.layers:
         cfg.layers = args.layers
+    if args.ood_share is not None:
+        if not hasattr(cfg, "ood_share"):
+            sys.exit("--ood-share: this version of audit.launder.LaunderConfig has no ood_share")
+        cfg.ood_share = args.ood_share
     if args.nc_epochs:
         cfg.nc = replace(cfg.nc, epochs=args.nc_epochs)
     rt = cfg.retrain

@@ -29,12 +29,12 @@ from audit.cli import data_options, preprocess_from
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--distill", type=float, default=1.0, show_default=True,
               help="Weight of distillation from the original model on clean images (0 = off).")
-@click.option("--augment/--no-augment", default=False, show_default=True,
+@click.option("--augment/--no-augment", default=True, show_default=True,
               help="Random shifts of clean and stamped images during retraining.")
-@click.option("--ood-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Extra out-of-distribution images (all recovered masks/patterns + scribbles) "
-                   "labelled as the sink class, as a share of the data; against unrelated/abstract "
-                   "watermarks.")
+@click.option("--ood-share", type=click.FloatRange(0, 4), default=0.5, show_default=True,
+              help="Fresh synthetic out-of-distribution images (printed characters, scribbles, "
+                   "noise) learnt as the sink class each retraining epoch, as a share of the "
+                   "retraining set; against unrelated and abstract-image watermarks. 0 = off.")
 @click.option("--nc-epochs", type=int, default=40, show_default=True,
               help="Neural Cleanse epochs (early stopping may end sooner).")
 @click.option("--nc-steps", type=int, default=8, show_default=True,

@@ -1,0 +1,80 @@
+"""Synthetic out-of-distribution images (audit.ood) and the launder helpers that use them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audit import ood
+from audit.launder import RoundResult, _best_round, _sink_class
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_generate_shape_range_and_determinism(shape):
+    a = ood.generate(50, shape, seed=3)
+    b = ood.generate(50, shape, seed=3)
+    c = ood.generate(50, shape, seed=4)
+    assert a.shape == (50, *shape) and a.dtype == np.float32
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # not blank: every image has some contrast
+    flat = a.reshape(len(a), -1)
+    assert (flat.max(1) - flat.min(1) > 0.1).all()
+
+
+def test_generate_respects_family_shares():
+    x = ood.generate(40, (1, 28, 28), seed=0, families={"noise": 1.0})
+    # uniform / Gaussian noise: almost every pixel differs from its neighbour
+    assert (np.abs(np.diff(x, axis=3)) > 1e-3).mean() > 0.9
+    with pytest.raises(ValueError, match="unknown image family"):
+        ood.generate(4, (1, 8, 8), seed=0, families={"fractals": 1.0})
+    assert ood.generate(0, (1, 8, 8), seed=0).shape == (0, 1, 8, 8)
+
+
+def test_characters_use_the_data_palette():
+    dark = ood.characters(20, 1, 28, 28, seed=0, pal=(1.0, 0.0))
+    light = ood.characters(20, 1, 28, 28, seed=0, pal=(0.0, 1.0))
+    assert np.median(dark) == 0.0 and np.median(light) == 1.0
+    assert dark.max() > 0.9 and light.min() < 0.1
+
+
+def test_palette_reads_ink_and_paper():
+    x = np.zeros((10, 1, 28, 28), np.float32)
+    x[:, :, 10:18, 12:15] = 0.9                          # MNIST-like: bright strokes on black
+    assert ood.palette(x) == pytest.approx((0.9, 0.0))
+    assert ood.palette(1 - x) == pytest.approx((0.1, 1.0))    # dark ink on white paper
+    flat = np.full((4, 1, 8, 8), 0.5, np.float32)            # no contrast: far end of the range
+    assert ood.palette(flat) == pytest.approx((0.0, 0.5))
+
+
+def _round(r: int, acc: float, stopped: str | None = None) -> RoundResult:
+    return RoundResult(round=r, recovery={}, triggers_used=[], units_reset={}, thresholds={},
+                       subset_accuracy=acc, stamped_accuracy=1.0, losses=[], seconds={},
+                       stopped=stopped)
+
+
+def test_best_round_prefers_later_rounds_within_tolerance():
+    rounds = [_round(1, 0.990), _round(2, 0.986), _round(3, 0.970)]
+    assert _best_round(rounds, 0.005) == 2
+    assert _best_round(rounds, 0.0) == 1
+    assert _best_round(rounds, 0.05) == 3
+    assert _best_round([_round(1, 0.9), _round(2, float("nan"), stopped="x")], 0.005) == 1
+    assert _best_round([_round(1, float("nan"), stopped="x")], 0.005) == 0
+
+
+class _Rec:
+    def __init__(self, norms):
+        self.norms = np.asarray(norms, float)
+        self.least_likely = int(np.argmax(self.norms))
+
+
+def test_sink_avoids_suspects_and_ood_attractors():
+    rec = _Rec([5, 9, 8, 7, 1])            # class 1 has the largest mask norm
+    fair = [0.2] * 5
+    assert _sink_class(rec, set(), fair) == 1
+    assert _sink_class(rec, {1}, fair) == 2
+    # class 1 takes 60% of the OOD predictions (> 2/5): an attractor is never the sink
+    assert _sink_class(rec, set(), [0.1, 0.6, 0.1, 0.1, 0.1]) == 2
+    # every class suspect or attracting: the least attracting non-suspect
+    assert _sink_class(rec, {0, 1, 2}, [0.0, 0.0, 0.0, 0.45, 0.55]) == 3
