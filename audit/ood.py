@@ -32,7 +32,7 @@ FAMILIES = {"characters": 0.5, "scribbles": 0.3, "noise": 0.2}
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)
-    except TypeError:   # Pillow < 10.1: one bitmap size only
+    except (TypeError, ValueError, ImportError, OSError):   # Pillow < 10.1 or no FreeType: one size
         return ImageFont.load_default()
 
 
