@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -269,13 +270,9 @@ OOD_PROBE = 500
 @torch.no_grad()
 def _ood_shares(forward, subset: Dataset, k: int, seed: int) -> list[float]:
     """Share of each class in the (original) model's predictions on synthetic OOD images."""
-    x = ood_images(OOD_PROBE, subset, seed=10_000 + seed)
+    x = ood_generate(OOD_PROBE, subset.x.shape[1:], 10_000 + seed, pal=palette(subset.x))
     pred = torch.cat([forward(torch.from_numpy(x[i:i + 250])).argmax(1) for i in range(0, len(x), 250)])
     return [round(float(v), 4) for v in np.bincount(pred.numpy(), minlength=k)[:k] / len(x)]
-
-
-def ood_images(n: int, subset: Dataset, seed: int) -> np.ndarray:
-    return ood_generate(n, subset.x.shape[1:], seed, pal=palette(subset.x))
 
 
 def _retraining_set(subset: Dataset, stamped: np.ndarray, stamped_y: np.ndarray, rec: Recovery,
@@ -287,7 +284,7 @@ def _retraining_set(subset: Dataset, stamped: np.ndarray, stamped_y: np.ndarray,
     class (``mask_share`` of the data). With ``share`` > 0 the returned ``ood(epoch)`` makes
     fresh synthetic out-of-distribution images, ``share`` of the data, for each epoch.
     """
-    n_c, c, h, w = subset.x.shape
+    c = subset.x.shape[1]
     n_data = len(subset) + len(stamped)
     used_imgs = np.concatenate([np.repeat(rec.masks[used], c, axis=1),
                                 rec.masks[used] * rec.patterns[used]]).astype(np.float32)
@@ -301,8 +298,25 @@ def _retraining_set(subset: Dataset, stamped: np.ndarray, stamped_y: np.ndarray,
     distill_mask = idx < n             # the original model is trusted on clean images only
     target_mask = (idx >= n) & (idx < n + s)
     n_ood = int(round(share * n_data))
-    ood = (lambda epoch: ood_images(n_ood, subset, seed=ood_seed * 1000 + epoch)) if n_ood else None
+    ood = _ood_stream(n_ood, subset, ood_seed) if n_ood else None
     return x, y, aug, distill_mask, target_mask, ood
+
+
+def _ood_stream(n: int, subset: Dataset, seed: int, cache_bytes: int = 64 << 20):
+    """ood(epoch): that epoch's n synthetic OOD images, seeded by seed and epoch.
+
+    Recent epochs are kept (up to cache_bytes): the learning-rate trials replay the same
+    epochs three times, and drawing the images costs ~0.08 s per MNIST epoch.
+    """
+    shape = subset.x.shape[1:]
+    pal = palette(subset.x)
+    per_epoch = n * int(np.prod(shape)) * 4
+
+    @functools.lru_cache(maxsize=max(1, cache_bytes // max(per_epoch, 1)))
+    def ood(epoch: int) -> np.ndarray:
+        return ood_generate(n, shape, seed * 1000 + epoch, pal=pal)
+
+    return ood
 
 
 LR_CANDIDATES = (1e-3, 3e-4, 1e-4)

@@ -110,28 +110,27 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
                 if a.any():
                     xb = xb.clone()
                     xb[a] = _shift(xb[a], shift, gen)
-            views = [xb]
+            # one forward pass over [batch | mixup blends of its clean images | OOD images]
             d = soft[idx] if use_kd else torch.zeros(len(idx), dtype=torch.bool)
-            kd_x = xb[d]
-            if use_kd and cfg.mixup > 0 and len(kd_x) >= 2:
-                m = int(round(cfg.mixup * len(kd_x)))
+            clean = xb[d]
+            mixed = clean[:0]
+            if use_kd and cfg.mixup > 0 and len(clean) >= 2:
+                m = int(round(cfg.mixup * len(clean)))
                 lam = torch.rand(m, 1, 1, 1, generator=gen)
-                i1 = torch.randint(0, len(kd_x), (m,), generator=gen)
-                i2 = torch.randint(0, len(kd_x), (m,), generator=gen)
-                kd_x = torch.cat([kd_x, lam * kd_x[i1] + (1 - lam) * kd_x[i2]])
-                views.append(kd_x[int(d.sum()):])
-            ob = xo[b * per_batch:(b + 1) * per_batch] if xo is not None else None
-            if ob is not None and len(ob):
-                views.append(ob)
-            logits_all = forward(torch.cat(views)) if len(views) > 1 else forward(xb)
-            logits = logits_all[:len(idx)]
+                i1 = torch.randint(0, len(clean), (m,), generator=gen)
+                i2 = torch.randint(0, len(clean), (m,), generator=gen)
+                mixed = lam * clean[i1] + (1 - lam) * clean[i2]
+            ob = xo[b * per_batch:(b + 1) * per_batch] if xo is not None else xb[:0]
+            logits_all = forward(torch.cat([xb, mixed, ob]))
+            logits, mixed_logits = logits_all[:len(idx)], logits_all[len(idx):len(idx) + len(mixed)]
             loss = F.cross_entropy(logits, yb)
-            if use_kd and len(kd_x):
-                kd_logits = torch.cat([logits[d], logits_all[len(idx):len(idx) + len(kd_x) - int(d.sum())]])
+            if len(clean):
+                kd_x = torch.cat([clean, mixed])
                 with torch.no_grad():
                     t_logits = teacher(kd_x)
-                loss = loss + cfg.distill * _kd(kd_logits, t_logits, cfg.temperature)
-            if ob is not None and len(ob):
+                loss = loss + cfg.distill * _kd(torch.cat([logits[d], mixed_logits]), t_logits,
+                                                cfg.temperature)
+            if len(ob):
                 target = torch.full((len(ob),), int(ood_label), dtype=torch.long)
                 loss = loss + cfg.ood_weight * F.cross_entropy(logits_all[-len(ob):], target)
             opt.zero_grad(set_to_none=True)
