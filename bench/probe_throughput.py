@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from probe_memory import RESULTS, build_paper_mnist, load_images, machine
+from probe_memory import RESULTS, build_paper_mnist, load_images, machine  # noqa: E402
 
 THREADS = 2
 
