@@ -9,6 +9,7 @@ cover the usual watermark carriers:
 
 - printed characters (letters and symbols, random font size, stroke, position, rotation),
 - strokes, ellipses and polygons ("scribbles"),
+- smooth random fields (a coarse random grid upsampled: abstract, photo-like shading),
 - uniform and Gaussian noise images.
 
 Images are canonical NCHW float32 in [0, 1]. Grey images are drawn in the clean data's own
@@ -26,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 CHARACTERS = string.ascii_letters + "#$%&*+/<=>?@[]{}~^"
 # family -> share of the generated images
-FAMILIES = {"characters": 0.5, "scribbles": 0.3, "noise": 0.2}
+FAMILIES = {"characters": 0.4, "scribbles": 0.25, "fields": 0.15, "noise": 0.2}
 
 
 def _font(size: int):
@@ -132,6 +133,24 @@ def noise(n: int, c: int, h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(np.where(pick, u, g), 0, 1).astype(np.float32)
 
 
+def fields(n: int, c: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth random fields: a 2x2 to 6x6 grid of random levels per channel, upsampled
+    bicubically, with random contrast; grey images get one channel."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, c, h, w), np.float32)
+    for i in range(n):
+        g = int(rng.integers(2, 7))
+        lo = float(rng.uniform(0.0, 0.7))
+        hi = float(rng.uniform(lo + 0.3, 1.0))
+        for ch in range(c):
+            grid = rng.random((g, g)).astype(np.float32)
+            im = Image.fromarray(grid, mode="F").resize((w, h), Image.BICUBIC)
+            a = np.asarray(im, np.float32)
+            a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6)
+            out[i, ch] = lo + (hi - lo) * a
+    return np.clip(out, 0, 1)
+
+
 def generate(n: int, shape: tuple[int, int, int], seed: int, pal: Palette = (1.0, 0.0),
              families: dict[str, float] | None = None) -> np.ndarray:
     """n images from the families in proportion to their shares, shuffled."""
@@ -148,6 +167,8 @@ def generate(n: int, shape: tuple[int, int, int], seed: int, pal: Palette = (1.0
             parts.append(characters(per, c, h, w, s, pal))
         elif fam == "scribbles":
             parts.append(scribbles(per, c, h, w, s, pal))
+        elif fam == "fields":
+            parts.append(fields(per, c, h, w, s))
         elif fam == "noise":
             parts.append(noise(per, c, h, w, s))
         else:

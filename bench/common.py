@@ -146,5 +146,20 @@ def round_summary(r) -> dict:
             "seconds": {k: round(v, 2) for k, v in r.seconds.items()}, "stopped": r.stopped}
 
 
+def set_field(cfg, item: str):
+    """cfg with FIELD=VALUE applied (FIELD may be nc.X or retrain.X; VALUE parsed as JSON)."""
+    from dataclasses import replace
+
+    key, _, raw = item.partition("=")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    head, _, tail = key.partition(".")
+    if tail:
+        return replace(cfg, **{head: replace(getattr(cfg, head), **{tail: value})})
+    return replace(cfg, **{key: value})
+
+
 def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"

@@ -49,6 +49,8 @@ def add_launder_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--layers", default=None)
     ap.add_argument("--ood-share", type=float, default=None,
                     help="LaunderConfig.ood_share (extra out-of-distribution images)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="any LaunderConfig field, nc.FIELD or retrain.FIELD (VALUE as JSON)")
 
 
 def launder_config(args, seed: int):
@@ -79,6 +81,8 @@ def launder_config(args, seed: int):
     if args.augment:
         rt = replace(rt, augment=True)
     cfg.retrain = rt
+    for item in args.set:
+        cfg = common.set_field(cfg, item)
     return cfg
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from audit import ood
-from audit.launder import RoundResult, _best_round, _sink_class
+from audit.launder import RoundResult, _best_round, _sink_class, _stamp_variants, dilate_trigger
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
@@ -30,6 +30,33 @@ def test_generate_respects_family_shares():
     with pytest.raises(ValueError, match="unknown image family"):
         ood.generate(4, (1, 8, 8), seed=0, families={"fractals": 1.0})
     assert ood.generate(0, (1, 8, 8), seed=0).shape == (0, 1, 8, 8)
+
+
+def test_fields_are_smooth_and_span_a_contrast():
+    x = ood.fields(30, 1, 28, 28, seed=0)
+    flat = x.reshape(30, -1)
+    assert (flat.max(1) - flat.min(1) >= 0.29).all()
+    # smooth: neighbouring pixels differ far less than in noise
+    assert np.abs(np.diff(x, axis=3)).mean() < 0.05
+    assert np.array_equal(ood.fields(3, 3, 8, 8, seed=1), ood.fields(3, 3, 8, 8, seed=1))
+
+
+def test_dilated_trigger_grows_the_mask_and_extends_its_pattern():
+    mask = np.zeros((1, 10, 10), np.float32)
+    mask[0, 4:6, 4:6] = 1.0
+    pattern = np.zeros((1, 10, 10), np.float32)
+    pattern[0, 4:6, 4:6] = 0.8                  # the pattern's colour under the mask
+    m2, p2 = dilate_trigger(mask, pattern, 1)
+    assert m2.sum() == 16 and m2[0, 3:7, 3:7].min() == 1.0
+    assert np.allclose(p2[0, 3:7, 3:7], 0.8)     # the colour spreads into the new border
+    assert p2[0, 0, 0] == 0.0                    # far away: unchanged
+    same = dilate_trigger(mask, pattern, 0)
+    assert same[0] is mask and same[1] is pattern
+    x = np.full((6, 1, 10, 10), 0.3, np.float32)
+    out = _stamp_variants(x, mask, pattern, 1, seed=0)
+    grown = np.isclose(out[:, 0, 3, 3], 0.8)
+    assert grown.sum() == 3                      # half of the images carry the grown trigger
+    assert np.allclose(out[~grown][:, 0, 4, 4], 0.8)
 
 
 def test_characters_use_the_data_palette():

@@ -16,15 +16,18 @@ from audit.cli import data_options, preprocess_from
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for report.json and trigger PNGs.")
 @click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option("--early-stop/--no-early-stop", default=True, show_default=True,
+              help="Stop before --rounds when the most likely infected class turns into the "
+                   "original least likely one, or when nothing is flagged and nothing reset.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dense-threshold", default="z:2.0", show_default=True,
+@click.option("--dense-threshold", default="z:3.0", show_default=True,
               help="DT: a number / abs:V (absolute A_diff), z:K (mean+K*std of the layer), top:F.")
-@click.option("--conv-threshold", default="z:2.0", show_default=True, help="CT, same forms as DT.")
+@click.option("--conv-threshold", default="z:3.0", show_default=True, help="CT, same forms as DT.")
 @click.option("--layers", default="all", show_default=True,
               help="all | second-half | comma-separated layer names (see `audit inspect`).")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Retraining epochs per round.")
 @click.option("--lr", default="auto", show_default=True,
-              help="Retraining learning rate, or auto: chosen among 1e-3, 3e-4, 1e-4 on a "
+              help="Retraining learning rate, or auto: chosen among 3e-4 and 1e-4 on a "
                    "20% hold-out of the subset in round 1.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--distill", type=float, default=1.0, show_default=True,
@@ -33,7 +36,7 @@ from audit.cli import data_options, preprocess_from
               help="Random shifts of clean and stamped images during retraining.")
 @click.option("--ood-share", type=click.FloatRange(0, 4), default=0.5, show_default=True,
               help="Fresh synthetic out-of-distribution images (printed characters, scribbles, "
-                   "noise) learnt as the sink class each retraining epoch, as a share of the "
+                   "smooth fields, noise) learnt as the sink class each retraining epoch, as a share of the "
                    "retraining set; against unrelated and abstract-image watermarks. 0 = off.")
 @click.option("--nc-epochs", type=int, default=40, show_default=True,
               help="Neural Cleanse epochs (early stopping may end sooner).")
@@ -41,7 +44,7 @@ from audit.cli import data_options, preprocess_from
               help="Neural Cleanse optimisation steps per epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bars or summary.")
 @data_options
-def launder(model, data, output, report_dir, rounds, seed, dense_threshold, conv_threshold,
+def launder(model, data, output, report_dir, rounds, early_stop, seed, dense_threshold, conv_threshold,
             layers, epochs, lr, batch_size, distill, augment, ood_share, nc_epochs, nc_steps, quiet, device,
             **kw):
     """Launder MODEL: recover triggers, reset the units they drive, retrain; write -o."""
@@ -59,7 +62,7 @@ def launder(model, data, output, report_dir, rounds, seed, dense_threshold, conv
     Threshold.parse(dense_threshold)
     Threshold.parse(conv_threshold)
     pp = preprocess_from(kw)
-    cfg = LaunderConfig(rounds=rounds, seed=seed, dense_threshold=dense_threshold,
+    cfg = LaunderConfig(rounds=rounds, early_stop=early_stop, seed=seed, dense_threshold=dense_threshold,
                         conv_threshold=conv_threshold, layers=layers, device=device, ood_share=ood_share,
                         nc=NCConfig(epochs=nc_epochs, steps_per_epoch=nc_steps),
                         retrain=RetrainConfig(epochs=epochs, lr=lr_value, batch_size=batch_size,
