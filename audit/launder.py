@@ -44,8 +44,8 @@ class LaunderConfig:
     # likely one, or when nothing is flagged and nothing reset; False runs every round
     early_stop: bool = True
     seed: int = 0
-    dense_threshold: str = "z:3.0"
-    conv_threshold: str = "z:3.0"
+    dense_threshold: str = "z:2.0"
+    conv_threshold: str = "z:2.0"
     layers: str = "all"
     nc: NCConfig = field(default_factory=NCConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
@@ -213,7 +213,9 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
             if units.size:
                 reset_units(tm, layer, units, keep)
         times["reset"] = time.perf_counter() - t
-        if not rec.flagged and sum(reset_counts.values()) == 0 and cfg.early_stop:
+        # round 1 always retrains: its out-of-distribution term works on watermarks that
+        # neither Neural Cleanse nor the reset sees
+        if r > 1 and not rec.flagged and sum(reset_counts.values()) == 0 and cfg.early_stop:
             stop = f"round {r}: no class flagged and no unit reset"
             rounds.append(_stopped(r, rec, stop, times))
             break

@@ -20,9 +20,9 @@ from audit.cli import data_options, preprocess_from
               help="Stop before --rounds when the most likely infected class turns into the "
                    "original least likely one, or when nothing is flagged and nothing reset.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dense-threshold", default="z:3.0", show_default=True,
+@click.option("--dense-threshold", default="z:2.0", show_default=True,
               help="DT: a number / abs:V (absolute A_diff), z:K (mean+K*std of the layer), top:F.")
-@click.option("--conv-threshold", default="z:3.0", show_default=True, help="CT, same forms as DT.")
+@click.option("--conv-threshold", default="z:2.0", show_default=True, help="CT, same forms as DT.")
 @click.option("--layers", default="all", show_default=True,
               help="all | second-half | comma-separated layer names (see `audit inspect`).")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Retraining epochs per round.")
