@@ -72,8 +72,12 @@ class Recovery:
                 "epochs_run": self.epochs_run, "seconds": round(self.seconds, 3)}
 
     def stamp(self, x01: np.ndarray, k: int) -> np.ndarray:
-        m, p = self.masks[k], self.patterns[k]
-        return ((1 - m) * x01 + m * p).astype(np.float32)
+        return stamp(x01, self.masks[k], self.patterns[k])
+
+
+def stamp(x01: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+    """(1 - m) * x + m * p: images x01 [N,C,H,W] with the trigger (mask [1,H,W], pattern)."""
+    return ((1 - mask) * x01 + mask * pattern).astype(np.float32)
 
 
 def anomaly_index(norms: np.ndarray) -> tuple[np.ndarray, list[int]]:

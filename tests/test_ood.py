@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from audit import ood
-from audit.launder import RoundResult, _best_round, _sink_class, _stamp_variants, dilate_trigger
+from audit.launder import RoundResult, _best_round, _sink_class, _with_grown_trigger, dilate_trigger
+from audit.nc import stamp
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
@@ -53,7 +54,8 @@ def test_dilated_trigger_grows_the_mask_and_extends_its_pattern():
     same = dilate_trigger(mask, pattern, 0)
     assert same[0] is mask and same[1] is pattern
     x = np.full((6, 1, 10, 10), 0.3, np.float32)
-    out = _stamp_variants(x, mask, pattern, 1, seed=0)
+    plain = stamp(x, mask, pattern)
+    out = _with_grown_trigger(plain, x, mask, pattern, 1, seed=0)
     grown = np.isclose(out[:, 0, 3, 3], 0.8)
     assert grown.sum() == 3                      # half of the images carry the grown trigger
     assert np.allclose(out[~grown][:, 0, 4, 4], 0.8)

@@ -27,7 +27,7 @@ from audit.cli import data_options, preprocess_from
               help="all | second-half | comma-separated layer names (see `audit inspect`).")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Retraining epochs per round.")
 @click.option("--lr", default="auto", show_default=True,
-              help="Retraining learning rate, or auto: chosen among 3e-4 and 1e-4 on a "
+              help="Retraining learning rate, or auto: chosen among 1e-3, 3e-4, 1e-4 on a "
                    "20% hold-out of the subset in round 1.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--distill", type=float, default=1.0, show_default=True,
@@ -38,6 +38,10 @@ from audit.cli import data_options, preprocess_from
               help="Fresh synthetic out-of-distribution images (printed characters, scribbles, "
                    "smooth fields, noise) learnt as the sink class each retraining epoch, as a share of the "
                    "retraining set; against unrelated and abstract-image watermarks. 0 = off.")
+@click.option("--trigger-dilate", type=click.IntRange(0, 8), default=0, show_default=True,
+              help="Half of the stamped retraining images carry the recovered trigger grown by "
+                   "this many pixels (its colours extended): Neural Cleanse recovers the core of a "
+                   "trigger, and a backdoor unlearnt on the core alone may still fire.")
 @click.option("--nc-epochs", type=int, default=40, show_default=True,
               help="Neural Cleanse epochs (early stopping may end sooner).")
 @click.option("--nc-steps", type=int, default=8, show_default=True,
@@ -45,7 +49,8 @@ from audit.cli import data_options, preprocess_from
 @click.option("--quiet", is_flag=True, help="No progress bars or summary.")
 @data_options
 def launder(model, data, output, report_dir, rounds, early_stop, seed, dense_threshold, conv_threshold,
-            layers, epochs, lr, batch_size, distill, augment, ood_share, nc_epochs, nc_steps, quiet, device,
+            layers, epochs, lr, batch_size, distill, augment, ood_share, trigger_dilate, nc_epochs, nc_steps, quiet,
+            device,
             **kw):
     """Launder MODEL: recover triggers, reset the units they drive, retrain; write -o."""
     from audit.api import launder as run_launder
@@ -64,6 +69,7 @@ def launder(model, data, output, report_dir, rounds, early_stop, seed, dense_thr
     pp = preprocess_from(kw)
     cfg = LaunderConfig(rounds=rounds, early_stop=early_stop, seed=seed, dense_threshold=dense_threshold,
                         conv_threshold=conv_threshold, layers=layers, device=device, ood_share=ood_share,
+                        trigger_dilate=trigger_dilate,
                         nc=NCConfig(epochs=nc_epochs, steps_per_epoch=nc_steps),
                         retrain=RetrainConfig(epochs=epochs, lr=lr_value, batch_size=batch_size,
                                               distill=distill, augment=augment))
