@@ -387,6 +387,9 @@ def _choose_lr(tm, forward, parts, cfg: LaunderConfig, keep: ResetMask, teacher,
                ) -> tuple[float, dict[str, float]]:
     """Pick the retraining rate on a 20% hold-out of the subset (clean and stamped loss).
 
+    Returns the rate and, per candidate, the score and its clean and stamped cross-entropies
+    (keys "1e-3", "1e-3:clean", "1e-3:stamped").
+
     How hard a converged model can be pushed by a few hundred images varies by an order of
     magnitude between models; a short trial per candidate rate is cheap at this data size.
     """
@@ -414,6 +417,7 @@ def _choose_lr(tm, forward, parts, cfg: LaunderConfig, keep: ResetMask, teacher,
         # images' accuracy cannot
         clean = _torch_loss(forward, subset.x[hold], subset.y[hold])
         stamped_loss = _torch_loss(forward, stamped[ho_idx], stamped_y[ho_idx])
+        scores[f"{lr:g}:clean"], scores[f"{lr:g}:stamped"] = clean, stamped_loss
         scores[f"{lr:g}"] = -(clean + stamped_loss) / 2
     tm.module.load_state_dict(start)
     keep.apply()
