@@ -407,7 +407,14 @@ def _choose_lr(tm, forward, parts, cfg: LaunderConfig, keep: ResetMask, teacher,
     x, y, aug, dm, tmask, ood = _retraining_set(*part)
     start = copy.deepcopy(tm.module.state_dict())
     scores = {}
-    for lr in LR_CANDIDATES:
+    tried: list[float] = []
+    for lr in LR_CANDIDATES:        # fastest first
+        # the held-out loss is unimodal in the rate: once a slower rate scored worse than the
+        # one before it, slower ones are not tried (saves a third of the trials when the
+        # fastest rate wins, as on the digits and most MNIST zoo models)
+        if len(tried) >= 2 and scores[f"{tried[-1]:g}"] < scores[f"{tried[-2]:g}"]:
+            break
+        tried.append(lr)
         tm.module.load_state_dict(start)
         keep.apply()
         trial = replace(cfg.retrain, lr=lr, max_epochs=cfg.retrain.epochs)
@@ -421,7 +428,7 @@ def _choose_lr(tm, forward, parts, cfg: LaunderConfig, keep: ResetMask, teacher,
         scores[f"{lr:g}"] = -(clean + stamped_loss) / 2
     tm.module.load_state_dict(start)
     keep.apply()
-    best = max(LR_CANDIDATES, key=lambda lr: (scores[f"{lr:g}"], lr))
+    best = max(tried, key=lambda lr: (scores[f"{lr:g}"], lr))
     return best, scores
 
 
