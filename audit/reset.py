@@ -35,17 +35,20 @@ class Threshold:
             raise AuditError(f"bad threshold {text!r}: top:F needs 0 < F <= 1")
         return cls(kind, value)
 
-    def cutoff(self, adiff: np.ndarray) -> float:
+    def cutoff(self, adiff: np.ndarray, floor: float | None = None) -> float:
+        """The A_diff a unit must exceed; never below floor when one is given."""
         if self.kind == "abs":
-            return self.value
-        if self.kind == "z":
-            return float(adiff.mean() + self.value * adiff.std())
-        k = max(1, int(round(self.value * adiff.size)))
-        return float(np.sort(adiff)[-k]) - 1e-12
+            cut = self.value
+        elif self.kind == "z":
+            cut = float(adiff.mean() + self.value * adiff.std())
+        else:
+            k = max(1, int(round(self.value * adiff.size)))
+            cut = float(np.sort(adiff)[-k]) - 1e-12
+        return cut if floor is None else max(cut, floor)
 
-    def select(self, adiff: np.ndarray) -> np.ndarray:
-        """Indices of units whose A_diff exceeds the cutoff (and is positive)."""
-        return np.flatnonzero((adiff > self.cutoff(adiff)) & (adiff > 0))
+    def select(self, adiff: np.ndarray, floor: float | None = None) -> np.ndarray:
+        """Indices of units whose A_diff exceeds the cutoff (at least floor) and is positive."""
+        return np.flatnonzero((adiff > self.cutoff(adiff, floor)) & (adiff > 0))
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.value:g}"

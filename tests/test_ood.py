@@ -107,3 +107,19 @@ def test_sink_avoids_suspects_and_ood_attractors():
     assert _sink_class(rec, set(), [0.1, 0.6, 0.1, 0.1, 0.1]) == 2
     # every class suspect or attracting: the least attracting non-suspect
     assert _sink_class(rec, {0, 1, 2}, [0.0, 0.0, 0.0, 0.45, 0.55]) == 3
+
+
+def test_threshold_forms_and_the_round_one_floor():
+    from audit.reset import Threshold
+
+    adiff = np.array([0.0, 0.1, 0.2, 0.3, 5.0, -1.0])
+    z = Threshold.parse("z:1.0")
+    assert z.cutoff(adiff) == pytest.approx(adiff.mean() + adiff.std())
+    assert z.select(adiff).tolist() == [4]
+    assert Threshold.parse("0.15").select(adiff).tolist() == [2, 3, 4]
+    assert Threshold.parse("top:0.34").select(adiff).tolist() == [3, 4]
+    # a floor (round 1's cut-off) only ever raises the bar
+    assert Threshold.parse("0.15").select(adiff, floor=0.25).tolist() == [3, 4]
+    assert Threshold.parse("0.15").cutoff(adiff, floor=0.05) == 0.15
+    # positive A_diff only, whatever the cut-off
+    assert Threshold.parse("abs:-2").select(adiff).tolist() == [1, 2, 3, 4]
