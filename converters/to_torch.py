@@ -42,6 +42,7 @@ class TorchModel:
     parity_max_abs: float = float("nan")
     # max |ORT - torch| / max(1, max |logit|): float32 cannot resolve 1e-4 on logits of 1e4
     parity_rel: float = float("nan")
+    channels_last: bool = False   # 4-D weights stored channels-last (see to_torch)
 
     def submodule(self, node_name: str) -> nn.Module:
         return self.module.get_submodule(self.node_modules[node_name])
@@ -87,8 +88,13 @@ def _remove_dead_nodes(m: onnx.ModelProto) -> None:
 
 
 def to_torch(am: AuditModel, x_check: np.ndarray | None = None, *, atol: float = PARITY_ATOL,
-             check: bool = True) -> TorchModel:
-    """Convert and check max |ORT - torch| <= atol on x_check (model-input tensors)."""
+             check: bool = True, channels_last: bool = True) -> TorchModel:
+    """Convert and check max |ORT - torch| <= atol on x_check (model-input tensors).
+
+    channels_last stores 4-D weights channels-last where the module computes the same logits
+    with them: the module is built on the CPU, whose oneDNN convolutions run ~20% faster in
+    that layout (Neural Cleanse on the Table-5 MNIST model: README).
+    """
     register_aliases()
     if am.fixed_batch:
         raise ConversionError("the graph's batch size is fixed and could not be made dynamic")
@@ -111,6 +117,8 @@ def to_torch(am: AuditModel, x_check: np.ndarray | None = None, *, atol: float =
         t = getattr(tm.module.get_submodule(b.module), b.attr)
         if isinstance(t, nn.Parameter):
             t.data = t.data.contiguous().clone()
+    if channels_last:
+        _try_channels_last(tm, x_check if x_check is not None else random_input(am.info, 4))
     if check:
         x = x_check if x_check is not None else random_input(am.info, 8)
         tm.parity_max_abs, scale = parity_with_scale(tm, x)
@@ -122,6 +130,27 @@ def to_torch(am: AuditModel, x_check: np.ndarray | None = None, *, atol: float =
                 f"magnitude {scale:.3g} (> {atol:g} relative)"
                 + (f"; first diverging node: {node}" if node else ""), node=node)
     return tm
+
+
+def _try_channels_last(tm: TorchModel, x: np.ndarray) -> bool:
+    """Switch the module's 4-D parameters to channels-last if it has 2-D convolutions and
+    computes the same logits that way; otherwise leave it as it is."""
+    if not any(isinstance(m, nn.Conv2d) for m in tm.module.modules()):
+        return False
+    ref = torch_logits(tm, x[:8])
+    tm.module.to(memory_format=torch.channels_last)
+    try:
+        out = torch_logits(tm, x[:8])
+        ok = out.shape == ref.shape and bool(
+            np.max(np.abs(out - ref), initial=0.0) <= 1e-5 * max(1.0, float(np.abs(ref).max(initial=0.0))))
+    except Exception as exc:  # an op of the graph that needs contiguous NCHW tensors
+        log.debug("channels-last forward failed: %s", exc)
+        ok = False
+    if not ok:
+        for t in [*tm.module.parameters(), *tm.module.buffers()]:
+            t.data = t.data.contiguous()
+    tm.channels_last = ok
+    return ok
 
 
 def _has_submodule(module: nn.Module, path: str) -> bool:

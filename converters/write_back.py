@@ -17,7 +17,7 @@ def updated_initializers(tm: TorchModel) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for b in tm.bindings:
         t = getattr(tm.module.get_submodule(b.module), b.attr)
-        value = b.to_onnx(t.detach().cpu().numpy())
+        value = b.to_onnx(np.ascontiguousarray(t.detach().cpu().numpy()))
         orig, back = tm.source.ctx.origin(b.init)
         out[orig] = back(value)
     return out
