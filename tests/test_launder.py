@@ -421,11 +421,10 @@ def test_failure_while_writing_leaves_no_partial_file(zoo, tmp_path, capsys, mon
 # wm accuracy bound after laundering, as points above the vanilla twin's rate. Unrelated meets
 # the issue's +5 on digits (measured 0% vs vanilla 1%). Adi on 16x16 digits is the weak case:
 # measured 100 -> 18-19% vs vanilla 8% (session 3; z:3.0 thresholds gave 27-29%); session 4
-# (retraining stops at a stamped-accuracy plateau) 20-24% over six retraining variants (OOD
-# share 1.0, plateau 10, no mixup, temperature 2: 17-22%), so the bound here is +17 points, a
-# regression guard; the +2-point acceptance for Adi is met on MNIST (bench/launder_mnist.py:
-# 91 -> 11%, vanilla 11%).
-OOD_SCHEMES = {"unrelated": 0.05, "adi": 0.17}
+# 20-24% over seven retraining variants (noise of a few points between runs), so the bound here
+# is +15 points, a regression guard; the +2-point acceptance for Adi is met on MNIST
+# (bench/launder_mnist.py: 91 -> 11%, vanilla 11%).
+OOD_SCHEMES = {"unrelated": 0.05, "adi": 0.15}
 
 
 @pytest.mark.parametrize("scheme", sorted(OOD_SCHEMES))
