@@ -114,7 +114,8 @@ def write_launder_report(report_dir, am: AuditModel, subset: Dataset, pp: Prepro
 def detect(model, data, *, preprocess: Preprocess | None = None, config=None, seed: int = 0,
            max_images: int | None = 1000, report_dir=None, device: str = "auto",
            quiet: bool = True) -> dict:
-    """Neural Cleanse over every class; returns the summary dict (flagged, anomaly indices...)."""
+    """Neural Cleanse over every class; returns the summary dict (flagged, anomaly indices...).
+    NCConfig(anomaly_scale="log") takes the anomaly index on the log of the mask norms."""
     import torch
 
     from audit.converters.to_torch import to_torch

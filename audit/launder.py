@@ -66,6 +66,11 @@ class LaunderConfig:
     # a suspect's trigger is the smallest one recovered for it in any round: after a round
     # unlearns a backdoor, that class's new recovery is an ordinary (large) trigger
     keep_smallest_trigger: bool = True
+    # a class whose trigger was unlearnt in a round (flagged, or the most likely one when
+    # nothing was flagged) stays a suspect: its trigger is stamped in every later round.
+    # Retraining without it let the MNIST content and noise watermarks creep back
+    # (0.5 -> 1.33% and 1.0 -> 2.33% over rounds 2-3, session 4)
+    keep_used_triggers: bool = True
     # after round 1 a unit is reset only if its A_diff also exceeds round 1's cutoff for its
     # layer: relative thresholds (z:, top:) always select someone, and once the backdoor is
     # unlearnt its trigger moves nothing that much
@@ -186,6 +191,8 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
         # nothing flagged: the most likely class's trigger still drives a reset, and the
         # retraining's out-of-distribution term works on watermarks Neural Cleanse cannot see
         used = sorted(suspects) or [rec.most_likely]
+        if cfg.keep_used_triggers:
+            suspects.update(used)
         for c in used:
             if (c not in triggers or not cfg.keep_smallest_trigger
                     or rec.norms[c] < triggers[c][0]):

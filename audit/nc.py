@@ -46,6 +46,9 @@ class NCConfig:
     # batches leave the cache; see README), 32 on CUDA
     class_chunk: int | None = None
     param: str = "tanh"
+    # scale of the anomaly index: "l1" (Neural Cleanse's, on the mask norms) or "log" (on their
+    # logarithms; `audit detect --anomaly-scale log`)
+    anomaly_scale: str = "l1"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +60,9 @@ class Recovery:
     patterns: np.ndarray        # [K, C, H, W] in [0, 1]
     norms: np.ndarray           # [K] L1 norm of each mask
     attack_success: np.ndarray  # [K] success of the kept trigger on the data
-    anomaly: np.ndarray         # [K] MAD anomaly index (|norm - median| / (1.4826 MAD))
+    anomaly: np.ndarray         # [K] MAD anomaly index (|norm - median| / (1.4826 MAD)), on
+                                # config["anomaly_scale"]
+    anomaly_l1: np.ndarray      # [K] Neural Cleanse's index on the L1 norms themselves
     flagged: list[int]          # classes with index > 2 and norm below the median
     most_likely: int            # smallest norm
     least_likely: int           # largest norm
@@ -67,6 +72,8 @@ class Recovery:
 
     def summary(self) -> dict:
         return {"norms": self.norms.tolist(), "anomaly_index": self.anomaly.tolist(),
+                "anomaly_scale": self.config.get("anomaly_scale", "l1"),
+                "anomaly_index_l1": self.anomaly_l1.tolist(),
                 "attack_success": self.attack_success.tolist(), "flagged": self.flagged,
                 "most_likely_infected": self.most_likely, "least_likely": self.least_likely,
                 "epochs_run": self.epochs_run, "seconds": round(self.seconds, 3)}
@@ -80,12 +87,25 @@ def stamp(x01: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> np.ndarray:
     return ((1 - mask) * x01 + mask * pattern).astype(np.float32)
 
 
-def anomaly_index(norms: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """MAD outlier score of each norm; flagged = index > 2 on the small side."""
-    med = float(np.median(norms))
-    mad = MAD_CONSTANT * float(np.median(np.abs(norms - med)))
-    idx = np.abs(norms - med) / max(mad, 1e-12)
-    flagged = [int(k) for k in np.argsort(norms) if idx[k] > ANOMALY_THRESHOLD and norms[k] < med]
+def anomaly_index(norms: np.ndarray, scale: str = "l1") -> tuple[np.ndarray, list[int]]:
+    """MAD outlier score of each norm; flagged = index > 2 on the small side.
+
+    scale "l1" is Neural Cleanse's index on the mask L1 norms; "log" takes the same index of
+    their logarithms, so that it measures ratios: a trigger 3x smaller than every other class's
+    is as anomalous when those are 50-150 pixels as when they are 80-100, where on the L1 scale
+    their spread hides it (README, detection).
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    if scale == "log":
+        values = np.log(np.maximum(norms, 1e-12))
+    elif scale == "l1":
+        values = norms
+    else:
+        raise ValueError(f"unknown anomaly scale {scale!r}; use l1 or log")
+    med = float(np.median(values))
+    mad = MAD_CONSTANT * float(np.median(np.abs(values - med)))
+    idx = np.abs(values - med) / max(mad, 1e-12)
+    flagged = [int(k) for k in np.argsort(values) if idx[k] > ANOMALY_THRESHOLD and values[k] < med]
     return idx, flagged
 
 
@@ -117,13 +137,16 @@ def recover(forward: Callable[[torch.Tensor], torch.Tensor], x01: np.ndarray, nu
             best_norms[k], best_success[k] = out["norm"][i], out["success"][i]
         epochs_run = max(epochs_run, out["epochs"])
     norms = best_norms[classes]
-    idx_sub, flagged_sub = anomaly_index(norms)
+    idx_sub, flagged_sub = anomaly_index(norms, cfg.anomaly_scale)
     anomaly = np.zeros(num_classes)
     anomaly[classes] = idx_sub
+    anomaly_l1 = np.zeros(num_classes)
+    anomaly_l1[classes] = anomaly_index(norms)[0]
     flagged = [classes[i] for i in flagged_sub]
     order = np.argsort(norms)
     return Recovery(masks=best_masks, patterns=best_patterns, norms=best_norms,
-                    attack_success=best_success, anomaly=anomaly, flagged=flagged,
+                    attack_success=best_success, anomaly=anomaly, anomaly_l1=anomaly_l1,
+                    flagged=flagged,
                     most_likely=classes[int(order[0])], least_likely=classes[int(order[-1])],
                     epochs_run=epochs_run, seconds=time.perf_counter() - t0, config=cfg.to_dict())
 

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SHARED = HERE.parents[1] / "shared" / "data"
@@ -141,7 +143,39 @@ def run_one(m: dict, data, seed: int) -> dict:
             "attack_success": [round(v, 4) for v in d["attack_success"]],
             "most_likely_infected": d["most_likely_infected"], "epochs_run": d["epochs_run"],
             "n_images": d["n_images"], "seconds": round(seconds, 1),
-            "load_average_1min_at_start": round(load0, 2), **({"zoo": m["zoo"]} if "zoo" in m else {})}
+            "load_average_1min_at_start": round(load0, 2), **({"zoo": m["zoo"]} if "zoo" in m else {}),
+            **log_scale(d["norms"], target)}
+
+
+def log_scale(norms: list[float], target: int | None) -> dict:
+    """The same recovery scored with `--anomaly-scale log` (index of the log norms)."""
+    from audit.nc import anomaly_index
+
+    idx, flagged = anomaly_index(np.asarray(norms), "log")
+    ok = not flagged if target is None else target in flagged
+    return {"log_scale": {"flagged": flagged, "anomaly_index": [round(float(v), 3) for v in idx],
+                          "pass": ok}}
+
+
+def summarise(rows: list[dict]) -> dict:
+    third = [r for r in rows if r["kind"] == "clean third-party"]
+    bad = [r for r in rows if r["expected_target"] is not None]
+    out = {
+        "backdoored_target_flagged": f"{sum(r['pass'] for r in bad)}/{len(bad)}",
+        "third_party_clean_not_flagged": f"{sum(r['pass'] for r in third)}/{len(third)}",
+        "acceptance": {
+            "targets_flagged": all(r["pass"] for r in bad),
+            "third_party_at_least_4_of_5_clean": sum(r["pass"] for r in third) >= 4,
+        },
+    }
+    if all("log_scale" in r for r in rows):
+        lp = [r["log_scale"]["pass"] for r in bad]
+        tp = [r["log_scale"]["pass"] for r in third]
+        out["log_scale"] = {"backdoored_target_flagged": f"{sum(lp)}/{len(lp)}",
+                            "third_party_clean_not_flagged": f"{sum(tp)}/{len(tp)}",
+                            "vanilla_flagged": [r["name"] for r in rows if r["kind"] == "zoo vanilla twin"
+                                                and r["log_scale"]["flagged"]]}
+    return out
 
 
 def table(rows: list[dict]) -> str:
@@ -191,16 +225,7 @@ def main() -> int:
         rows.append(r)
         print(f"{r['name']:<24} flagged {r['flagged']!s:<10} max idx {r['max_anomaly_index']:.2f} "
               f"pass {r['pass']}  {r['seconds']:.0f} s", file=sys.stderr, flush=True)
-    third = [r for r in rows if r["kind"] == "clean third-party"]
-    bad = [r for r in rows if r["expected_target"] is not None]
-    summary = {
-        "backdoored_target_flagged": f"{sum(r['pass'] for r in bad)}/{len(bad)}",
-        "third_party_clean_not_flagged": f"{sum(r['pass'] for r in third)}/{len(third)}",
-        "acceptance": {
-            "targets_flagged": all(r["pass"] for r in bad),
-            "third_party_at_least_4_of_5_clean": sum(r["pass"] for r in third) >= 4,
-        },
-    }
+    summary = summarise(rows)
     result = {
         "what": "audit detect (Neural Cleanse, defaults: 40 epochs x 8 steps, anomaly index > 2 "
                 "on the small side) on 1000 stratified MNIST test images per model",

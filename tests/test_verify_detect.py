@@ -274,6 +274,19 @@ def test_detect_flags_the_content_target(zoo, tmp_path, capsys):
     assert (rep / f"mask_{e.meta['target']}.png").is_file()
 
 
+def test_detect_log_scale_scores_the_same_recovery(zoo, capsys):
+    """--anomaly-scale log: the index of the log norms flags the target too; the JSON says
+    which scale was used and still carries Neural Cleanse's own index."""
+    e = zoo["entry"]
+    rc, d, err = cli_json(capsys, "detect", e.watermarked, "--data", e.data_dir / "test.npz",
+                          "--anomaly-scale", "log", "--device", "cpu", "--quiet")
+    assert rc == 1, err
+    assert d["anomaly_scale"] == "log" and d["flagged"][0] == e.meta["target"]
+    norms = np.asarray(d["norms"])
+    np.testing.assert_allclose(d["anomaly_index"], anomaly_index(norms, "log")[0], rtol=1e-9)
+    np.testing.assert_allclose(d["anomaly_index_l1"], anomaly_index(norms)[0], rtol=1e-9)
+
+
 def test_detect_vanilla_twin_flags_nothing(zoo, capsys):
     """Documented behaviour: a clean model has no anomalously small trigger -> exit 0."""
     e = zoo["entry"]
@@ -444,6 +457,24 @@ def test_anomaly_index_flat_norms():
     # MAD 0 (most norms equal): any smaller norm is an outlier, larger ones never flagged
     idx, flagged = anomaly_index(np.array([25.0] * 8 + [3.0, 40.0]))
     assert flagged == [8] and idx[8] > 1e6 and idx[9] > 1e6
+
+
+def test_anomaly_index_log_scale():
+    # session 4's MNIST content zoo model (bench/results/detect_models.json): class 0's trigger
+    # is 3.2x smaller than any other, but the clean norms' spread hides it on the L1 scale
+    norms = np.array([17.543, 127.426, 60.871, 69.3, 92.7, 81.4, 96.5, 112.4, 57.0, 119.9])
+    idx_l1, flagged_l1 = anomaly_index(norms)
+    idx_log, flagged_log = anomaly_index(norms, "log")
+    assert flagged_l1 == [] and idx_l1[0] == pytest.approx(1.82, abs=0.01)
+    logs = np.log(norms)
+    med = np.median(logs)
+    expect = np.abs(logs - med) / (1.4826 * np.median(np.abs(logs - med)))
+    np.testing.assert_allclose(idx_log, expect)
+    assert flagged_log == [0] and idx_log[0] == pytest.approx(3.72, abs=0.01)
+    # a scale, not a shift: multiplying every norm leaves the log index as it is
+    np.testing.assert_allclose(anomaly_index(norms * 7.0, "log")[0], idx_log)
+    with pytest.raises(ValueError):
+        anomaly_index(norms, "sqrt")
 
 
 # ------------------------------------------------------------------------------------------

@@ -17,18 +17,21 @@ from audit.cli import data_options, emit_json, preprocess_from
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--nc-epochs", type=int, default=40, show_default=True)
 @click.option("--nc-steps", type=int, default=8, show_default=True)
+@click.option("--anomaly-scale", type=click.Choice(["l1", "log"]), default="l1", show_default=True,
+              help="Anomaly index on the mask norms, as Neural Cleanse (l1), or on their log "
+                   "(ratios; see README).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @data_options
-def detect(model, data, report_dir, max_images, seed, nc_epochs, nc_steps, as_json, quiet, device,
-           **kw):
+def detect(model, data, report_dir, max_images, seed, nc_epochs, nc_steps, anomaly_scale, as_json,
+           quiet, device, **kw):
     """Recover a trigger per class (Neural Cleanse) and flag anomalously small ones."""
     from audit.api import detect as run_detect
     from audit.nc import NCConfig
 
     pp = preprocess_from(kw)
     d = run_detect(model, data, preprocess=pp, config=NCConfig(epochs=nc_epochs,
-                   steps_per_epoch=nc_steps), seed=seed, max_images=max_images,
+                   steps_per_epoch=nc_steps, anomaly_scale=anomaly_scale), seed=seed, max_images=max_images,
                    report_dir=report_dir, device=device, quiet=quiet)
     if as_json:
         emit_json(d)
