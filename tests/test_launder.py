@@ -191,6 +191,9 @@ def test_report_schema(zoo, laundered):
         assert {"recover", "reset", "retrain"} <= set(rnd["seconds"]) or rnd["stopped"]
         if not rnd["stopped"]:
             assert 0.0 <= rnd["subset_accuracy"] <= 1.0
+    # a trigger unlearnt in a round is stamped in every later round that retrains
+    done = [rnd for rnd in rounds if not rnd["stopped"]]
+    assert all(set(a["triggers_used"]) <= set(b["triggers_used"]) for a, b in zip(done, done[1:]))
     # the Zhang content trigger targets class 0: round 1 finds it
     assert rounds[0]["recovery"]["flagged"][:1] == [0]
     assert sum(rounds[0]["units_reset"].values()) > 0
@@ -457,6 +460,7 @@ def test_launder_removes_out_of_distribution_watermarks(scheme, tmp_path, one_th
     rounds = [r for r in res.rounds if not r.stopped]
     k = wm.info.num_classes
     assert all(r.ood_prediction_shares[r.sink_class] <= 2 / k for r in rounds)
+    assert all(set(a.triggers_used) <= set(b.triggers_used) for a, b in zip(rounds, rounds[1:]))
 
 
 # ------------------------------------------------------------------------------------------
