@@ -308,6 +308,12 @@ def test_torchscript_export_with_batchnorm(opset, torch_digits, digits, capsys):
     assert diff <= 1e-6
     tm = to_torch(am, x)
     assert {b.attr for b in tm.bindings} >= {"running_mean", "running_var"}  # BN is trainable
+    # conv weights are kept channels-last on the CPU, and give the plain layout's logits
+    plain = to_torch(am, x, channels_last=False)
+    conv_w = [m.weight for m in tm.module.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert tm.channels_last and not plain.channels_last and conv_w
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_w)
+    np.testing.assert_allclose(torch_logits(tm, x), torch_logits(plain, x), rtol=1e-5, atol=1e-5)
     perturb_and_write_back(am, x[:64])
 
 
@@ -374,6 +380,7 @@ def test_sklearn_mlp_via_skl2onnx(sklearn_digits, digits, capsys):
     assert diff <= 1e-6  # both outputs, label and probabilities
     # torch sees the scores before the softmax, not the probabilities
     tm = to_torch(am, x)
+    assert not tm.channels_last  # no convolution: nothing to re-lay out
     probs = torch.softmax(torch.from_numpy(torch_logits(tm, x)), dim=1).numpy()
     np.testing.assert_allclose(probs, ort_outputs(m, x)[1], rtol=1e-4, atol=1e-6)
     assert np.abs(torch_logits(tm, x)).max() > 1.5  # logits, not probabilities
