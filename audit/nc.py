@@ -140,8 +140,10 @@ def recover(forward: Callable[[torch.Tensor], torch.Tensor], x01: np.ndarray, nu
     idx_sub, flagged_sub = anomaly_index(norms, cfg.anomaly_scale)
     anomaly = np.zeros(num_classes)
     anomaly[classes] = idx_sub
-    anomaly_l1 = np.zeros(num_classes)
-    anomaly_l1[classes] = anomaly_index(norms)[0]
+    anomaly_l1 = anomaly
+    if cfg.anomaly_scale != "l1":
+        anomaly_l1 = np.zeros(num_classes)
+        anomaly_l1[classes] = anomaly_index(norms)[0]
     flagged = [classes[i] for i in flagged_sub]
     order = np.argsort(norms)
     return Recovery(masks=best_masks, patterns=best_patterns, norms=best_norms,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,7 +71,7 @@ def main() -> None:
             }
             print(f"{name}: {seconds:.1f} s, {len(report['rounds'])} round(s)", flush=True)
         full = sorted(r["seconds"] for n, r in runs.items() if n.startswith("all_rounds"))
-        median = full[len(full) // 2] if len(full) % 2 else (full[len(full) // 2 - 1] + full[len(full) // 2]) / 2
+        median = statistics.median(full)
         result = {
             "what": "audit launder, Table-5 MNIST zoo model, 360 training images (0.6%): default "
                     f"once and all 3 rounds (--no-early-stop) {repeats} times",
