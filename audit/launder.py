@@ -153,7 +153,8 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
     keep = ResetMask()
     teacher = None
     if cfg.retrain.distill > 0:
-        teacher_tm = to_torch(am, check=False)
+        # the original model, untouched: a copy of the module before any reset
+        teacher_tm = replace(tm, module=copy.deepcopy(tm.module))
         _freeze(teacher_tm.module, True)
         teacher = make_forward(teacher_tm, preprocess)
     rounds: list[RoundResult] = []
@@ -189,7 +190,8 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
         # weaker (often no longer an outlier) but its trigger is still worth unlearning.
         suspects.update(rec.flagged)
         # nothing flagged: the most likely class's trigger still drives a reset, and the
-        # retraining's out-of-distribution term works on watermarks Neural Cleanse cannot see
+        # retraining's out-of-distribution term works on watermarks Neural Cleanse cannot see;
+        # with keep_used_triggers that class then stays a suspect like a flagged one
         used = sorted(suspects) or [rec.most_likely]
         if cfg.keep_used_triggers:
             suspects.update(used)
