@@ -126,10 +126,7 @@ def run_one(m: dict, data, seed: int) -> dict:
     seconds = time.perf_counter() - t
     flagged = d["flagged"]
     target = m["target"]
-    if target is None:
-        ok = not flagged
-    else:
-        ok = target in flagged
+    ok = _passes(flagged, target)
     return {"name": m["name"], "model": str(m["path"]), "kind": m["kind"],
             "preprocess": {"scale": m["scale"], "mean": m["mean"], "std": m["std"]},
             "expected_target": target, "flagged": flagged,
@@ -152,9 +149,13 @@ def log_scale(norms: list[float], target: int | None) -> dict:
     from audit.nc import anomaly_index
 
     idx, flagged = anomaly_index(np.asarray(norms), "log")
-    ok = not flagged if target is None else target in flagged
     return {"log_scale": {"flagged": flagged, "anomaly_index": [round(float(v), 3) for v in idx],
-                          "pass": ok}}
+                          "pass": _passes(flagged, target)}}
+
+
+def _passes(flagged: list[int], target: int | None) -> bool:
+    """A clean model passes with nothing flagged, a backdoored one with its target flagged."""
+    return not flagged if target is None else target in flagged
 
 
 def summarise(rows: list[dict]) -> dict:
