@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -30,6 +31,10 @@ class RetrainConfig:
     max_epochs: int = 60
     temperature: float = 4.0
     ood_weight: float = 1.0   # weight of the out-of-distribution (sink class) term
+    # exponential moving average of the weights (decay per step; 0 = off): the model kept is
+    # the average, not the last step's. On BadNets-MNIST +0.4-0.9 points of clean accuracy
+    # after round 1, and the MNIST unrelated watermark 11.5 -> 9.3% (session 5, README)
+    ema: float = 0.98
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +79,8 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
     clean behaviour. ood(epoch) gives that epoch's out-of-distribution images, learnt as
     ood_label alongside the batches. With target_mask (the stamped images), training continues
     past cfg.epochs until those are classified with cfg.target_accuracy, or cfg.max_epochs.
+    With cfg.ema > 0 the module ends with the running average of its weights (the average is
+    also what the target accuracy is checked on).
     """
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -89,12 +96,13 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
             else torch.ones(len(y), dtype=torch.bool))
     use_kd = teacher is not None and cfg.distill > 0
     n_batches = max(1, -(-len(yt) // cfg.batch_size))
+    ema = _Ema(module, cfg.ema) if cfg.ema > 0 else None
     losses = []
     module.train()
     total_epochs = max(cfg.epochs, cfg.max_epochs) if target_mask is not None else cfg.epochs
     for epoch in range(total_epochs):
-        if epoch >= cfg.epochs and _accuracy(module, forward, xt[target_mask], yt[target_mask]) \
-                >= cfg.target_accuracy:
+        if epoch >= cfg.epochs and _accuracy(module, forward, xt[target_mask], yt[target_mask],
+                                             ema) >= cfg.target_accuracy:
             break
         perm = torch.randperm(len(yt), generator=gen)
         xo = torch.from_numpy(ood(epoch)) if ood is not None and cfg.ood_weight > 0 else None
@@ -137,20 +145,66 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
             loss.backward()
             opt.step()
             keep.apply()
+            if ema is not None:
+                ema.update()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         losses.append(total / max(count, 1))
         if progress:
             progress(min(epoch + 1, cfg.epochs), cfg.epochs)
+    if ema is not None:
+        ema.copy_to()
+        keep.apply()
     module.eval()
     return losses
 
 
+class _Ema:
+    """Exponential moving average of a module's floating-point parameters and buffers."""
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.live = [t for t in list(module.parameters()) + list(module.buffers())
+                     if t.dtype.is_floating_point]
+        self.avg = [t.detach().clone() for t in self.live]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for a, t in zip(self.avg, self.live):
+            a.lerp_(t.detach(), 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self) -> None:
+        for a, t in zip(self.avg, self.live):
+            t.copy_(a)
+
+    def swapped(self):
+        """Context: the live tensors hold the average inside, their own values after."""
+        return _Swap(self)
+
+
+class _Swap:
+    def __init__(self, ema: _Ema) -> None:
+        self.ema = ema
+
+    def __enter__(self):
+        self.saved = [t.detach().clone() for t in self.ema.live]
+        self.ema.copy_to()
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for s, t in zip(self.saved, self.ema.live):
+                t.copy_(s)
+        return False
+
+
 @torch.no_grad()
-def _accuracy(module, forward, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+def _accuracy(module, forward, x: torch.Tensor, y: torch.Tensor, ema: _Ema | None = None,
+              batch_size: int = 256) -> float:
     was = module.training
     module.eval()
-    correct = sum(int((forward(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                  for i in range(0, len(y), batch_size))
+    with ema.swapped() if ema is not None else contextlib.nullcontext():
+        correct = sum(int((forward(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                      for i in range(0, len(y), batch_size))
     module.train(was)
     return correct / max(len(y), 1)
