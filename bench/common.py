@@ -139,6 +139,7 @@ def round_summary(r) -> dict:
             "norms": [round(v, 2) for v in rec["norms"]],
             "nc_epochs_run": rec["epochs_run"], "triggers_used": r.triggers_used,
             "units_reset": r.units_reset, "lr": r.lr,
+            "distill": getattr(r, "distill", None),
             "sink_class": getattr(r, "sink_class", None),
             "ood_prediction_shares": getattr(r, "ood_prediction_shares", None),
             "subset_accuracy": r.subset_accuracy, "stamped_accuracy": r.stamped_accuracy,

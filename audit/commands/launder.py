@@ -32,6 +32,9 @@ from audit.cli import data_options, preprocess_from
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--distill", type=float, default=1.0, show_default=True,
               help="Weight of distillation from the original model on clean images (0 = off).")
+@click.option("--flagged-distill-scale", type=click.FloatRange(0), default=3.0, show_default=True,
+              help="--distill is multiplied by this once Neural Cleanse has flagged a class "
+                   "(its stamped images then guard the unlearning; see README).")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Random shifts of clean and stamped images during retraining.")
 @click.option("--ood-share", type=click.FloatRange(0, 4), default=0.5, show_default=True,
@@ -44,14 +47,15 @@ from audit.cli import data_options, preprocess_from
                    "trigger, and a backdoor unlearnt on the core alone may still fire.")
 @click.option("--nc-epochs", type=int, default=40, show_default=True,
               help="Neural Cleanse epochs (early stopping may end sooner).")
+@click.option("--nc-epochs-later", type=click.IntRange(1), default=20, show_default=True,
+              help="Neural Cleanse epochs in rounds 2 and later (at most --nc-epochs).")
 @click.option("--nc-steps", type=int, default=8, show_default=True,
               help="Neural Cleanse optimisation steps per epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bars or summary.")
 @data_options
 def launder(model, data, output, report_dir, rounds, early_stop, seed, dense_threshold, conv_threshold,
-            layers, epochs, lr, batch_size, distill, augment, ood_share, trigger_dilate, nc_epochs, nc_steps, quiet,
-            device,
-            **kw):
+            layers, epochs, lr, batch_size, distill, flagged_distill_scale, augment, ood_share,
+            trigger_dilate, nc_epochs, nc_epochs_later, nc_steps, quiet, device, **kw):
     """Launder MODEL: recover triggers, reset the units they drive, retrain; write -o."""
     from audit.api import launder as run_launder
     from audit.errors import AuditError
@@ -69,7 +73,8 @@ def launder(model, data, output, report_dir, rounds, early_stop, seed, dense_thr
     pp = preprocess_from(kw)
     cfg = LaunderConfig(rounds=rounds, early_stop=early_stop, seed=seed, dense_threshold=dense_threshold,
                         conv_threshold=conv_threshold, layers=layers, device=device, ood_share=ood_share,
-                        trigger_dilate=trigger_dilate,
+                        trigger_dilate=trigger_dilate, flagged_distill_scale=flagged_distill_scale,
+                        nc_epochs_later=nc_epochs_later,
                         nc=NCConfig(epochs=nc_epochs, steps_per_epoch=nc_steps),
                         retrain=RetrainConfig(epochs=epochs, lr=lr_value, batch_size=batch_size,
                                               distill=distill, augment=augment))
