@@ -115,7 +115,10 @@ def detect(model, data, *, preprocess: Preprocess | None = None, config=None, se
            max_images: int | None = 1000, report_dir=None, device: str = "auto",
            quiet: bool = True) -> dict:
     """Neural Cleanse over every class; returns the summary dict (flagged, anomaly indices...).
-    NCConfig(anomaly_scale="log") takes the anomaly index on the log of the mask norms."""
+
+    Without config the anomaly index is taken on the log of the mask norms (NCConfig(
+    anomaly_scale="log"), as `audit detect`); NCConfig() is Neural Cleanse's index on the
+    norms themselves. The summary carries both (anomaly_index, anomaly_index_l1)."""
     import torch
 
     from audit.converters.to_torch import to_torch
@@ -138,7 +141,8 @@ def detect(model, data, *, preprocess: Preprocess | None = None, config=None, se
     bars = Bars(quiet)
     torch.manual_seed(seed)
     try:
-        rec = recover(make_forward(tm, pp), ds.x, am.info.num_classes, config or NCConfig(),
+        rec = recover(make_forward(tm, pp), ds.x, am.info.num_classes,
+                      config or NCConfig(anomaly_scale="log"),
                       seed=seed, progress=lambda e, n: bars("recover", e, n))
     finally:
         bars.close()

@@ -8,11 +8,15 @@ Models (all from ../shared/data unless noted; preprocessing from MANIFEST.json):
   * MNIST zoo models (``build_entry("mnist", scheme, <zoo-dir>/mnist_<scheme>)``, reused when
     meta.json exists): the Zhang *content* and *noise* watermarked models (target 0) and the
     vanilla twin of the content entry (clean, same recipe without triggers).
+  * the same three from the digits zoo (``<zoo-dir>/digits_<scheme>``), on the digits zoo's
+    test images (450).
 
 Data: 1,000 images of the MNIST *test* set, stratified (``audit.data.stratified_subset``,
 seed 0, which is what ``audit detect --max-images 1000`` does), NC defaults (40 epochs,
-8 steps). torch runs with ``--threads`` threads (default 1: the development machine is shared
-and oversubscribed OpenMP threads slow small models 5-10x); the load average is recorded.
+8 steps). Each model is scored with the default anomaly scale (log of the mask norms) and,
+from the same recovery, with Neural Cleanse's own (L1 norms): field ``l1_scale``. torch runs
+with ``--threads`` threads (default 1: the development machine is shared and oversubscribed
+OpenMP threads slow small models 5-10x); the load average is recorded.
 
 Acceptance: the target of every backdoored / watermarked model is flagged; nothing is flagged
 on at least 4 of the 5 third-party clean models.
@@ -67,13 +71,14 @@ def find_identical(scheme: str, roots: list[Path]) -> Path | None:
     return None
 
 
-def zoo_entry(zoo_dir: Path, scheme: str, copy_from: list[Path]) -> tuple[Path, dict, str]:
-    """The MNIST zoo entry folder (built, or reused when meta.json exists)."""
+def zoo_entry(zoo_dir: Path, scheme: str, copy_from: list[Path], dataset: str = "mnist"
+              ) -> tuple[Path, dict, str]:
+    """The zoo entry folder (built, or reused when meta.json exists)."""
     from audit.models_zoo.build import build_entry
 
-    out = zoo_dir / f"mnist_{scheme}"
+    out = zoo_dir / f"{dataset}_{scheme}"
     how = "reused"
-    if not (out / "meta.json").is_file():
+    if dataset == "mnist" and not (out / "meta.json").is_file():
         # an identical build (same function, data set, scheme, seed 0, default recipe) made by
         # another bench may be copied instead of spending minutes training it again
         src = find_identical(scheme, copy_from)
@@ -83,7 +88,7 @@ def zoo_entry(zoo_dir: Path, scheme: str, copy_from: list[Path]) -> tuple[Path, 
             how = f"copied from {src} (same build_entry arguments)"
     if not (out / "meta.json").is_file():
         t = time.perf_counter()
-        build_entry("mnist", scheme, out, seed=0, quiet=True)
+        build_entry(dataset, scheme, out, seed=0, quiet=True)
         how = f"built ({time.perf_counter() - t:.0f} s)"
     return out, json.loads((out / "meta.json").read_text()), how
 
@@ -100,24 +105,35 @@ def model_list(manifest: dict, zoo_dir: Path, copy_from: list[Path]) -> list[dic
         models.append({"name": Path(f).stem if "external" not in f else "pytorch291_mnist",
                        "path": SHARED / f, "kind": "clean third-party", "scale": m["scale"],
                        "mean": m["mean"], "std": m["std"], "target": None})
+    for dataset in ("mnist", "digits"):
+        models += zoo_models(dataset, zoo_dir, copy_from)
+    return models
+
+
+def zoo_models(dataset: str, zoo_dir: Path, copy_from: list[Path]) -> list[dict]:
+    models = []
     for scheme in ZOO_SCHEMES:
-        out, meta, how = zoo_entry(zoo_dir, scheme, copy_from)
+        out, meta, how = zoo_entry(zoo_dir, scheme, copy_from, dataset)
         pp = meta["preprocess"]
         common = {"scale": pp["scale"], "mean": pp["mean"][0], "std": pp["std"][0],
                   "zoo": {"dir": str(out), "how": how, "test_acc": meta["test_acc"],
                           "wm_acc": meta["wm_acc"], "timings": meta["timings"]}}
-        models.append({"name": f"zoo_mnist_{scheme}", "path": out / "watermarked.onnx",
+        if dataset == "digits":
+            common["data"] = out / "data" / "test.npz"
+        models.append({"name": f"zoo_{dataset}_{scheme}", "path": out / "watermarked.onnx",
                        "kind": f"zoo watermarked ({scheme})", "target": meta["target"], **common})
         if scheme == "content":
-            models.append({"name": "zoo_mnist_vanilla", "path": out / "vanilla.onnx",
+            models.append({"name": f"zoo_{dataset}_vanilla", "path": out / "vanilla.onnx",
                            "kind": "zoo vanilla twin", "target": None, **common})
     return models
 
 
 def run_one(m: dict, data, seed: int) -> dict:
     from audit.api import detect
-    from audit.data import Preprocess
+    from audit.data import Preprocess, load_dataset
 
+    if "data" in m:
+        data = load_dataset(m["data"], channels=1, height=16, width=16, num_classes=10)
     pp = Preprocess(scale=float(m["scale"]), mean=(float(m["mean"]),), std=(float(m["std"]),))
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
@@ -141,16 +157,16 @@ def run_one(m: dict, data, seed: int) -> dict:
             "most_likely_infected": d["most_likely_infected"], "epochs_run": d["epochs_run"],
             "n_images": d["n_images"], "seconds": round(seconds, 1),
             "load_average_1min_at_start": round(load0, 2), **({"zoo": m["zoo"]} if "zoo" in m else {}),
-            **log_scale(d["norms"], target)}
+            "anomaly_scale": d["anomaly_scale"], **l1_scale(d["norms"], target)}
 
 
-def log_scale(norms: list[float], target: int | None) -> dict:
-    """The same recovery scored with `--anomaly-scale log` (index of the log norms)."""
+def l1_scale(norms: list[float], target: int | None) -> dict:
+    """The same recovery scored with `--anomaly-scale l1` (Neural Cleanse's index)."""
     from audit.nc import anomaly_index
 
-    idx, flagged = anomaly_index(np.asarray(norms), "log")
-    return {"log_scale": {"flagged": flagged, "anomaly_index": [round(float(v), 3) for v in idx],
-                          "pass": _passes(flagged, target)}}
+    idx, flagged = anomaly_index(np.asarray(norms), "l1")
+    return {"l1_scale": {"flagged": flagged, "anomaly_index": [round(float(v), 3) for v in idx],
+                         "pass": _passes(flagged, target)}}
 
 
 def _passes(flagged: list[int], target: int | None) -> bool:
@@ -161,34 +177,40 @@ def _passes(flagged: list[int], target: int | None) -> bool:
 def summarise(rows: list[dict]) -> dict:
     third = [r for r in rows if r["kind"] == "clean third-party"]
     bad = [r for r in rows if r["expected_target"] is not None]
+    twins = [r for r in rows if r["kind"] == "zoo vanilla twin"]
     out = {
+        "anomaly_scale": sorted({r.get("anomaly_scale", "l1") for r in rows}),
         "backdoored_target_flagged": f"{sum(r['pass'] for r in bad)}/{len(bad)}",
         "third_party_clean_not_flagged": f"{sum(r['pass'] for r in third)}/{len(third)}",
+        "vanilla_twins_flagged": [r["name"] for r in twins if r["flagged"]],
         "acceptance": {
             "targets_flagged": all(r["pass"] for r in bad),
             "third_party_at_least_4_of_5_clean": sum(r["pass"] for r in third) >= 4,
         },
     }
-    if all("log_scale" in r for r in rows):
-        lp = [r["log_scale"]["pass"] for r in bad]
-        tp = [r["log_scale"]["pass"] for r in third]
-        out["log_scale"] = {"backdoored_target_flagged": f"{sum(lp)}/{len(lp)}",
-                            "third_party_clean_not_flagged": f"{sum(tp)}/{len(tp)}",
-                            "vanilla_flagged": [r["name"] for r in rows if r["kind"] == "zoo vanilla twin"
-                                                and r["log_scale"]["flagged"]]}
+    if all("l1_scale" in r for r in rows):
+        lp = [r["l1_scale"]["pass"] for r in bad]
+        tp = [r["l1_scale"]["pass"] for r in third]
+        out["l1_scale"] = {"backdoored_target_flagged": f"{sum(lp)}/{len(lp)}",
+                           "third_party_clean_not_flagged": f"{sum(tp)}/{len(tp)}",
+                           "vanilla_twins_flagged": [r["name"] for r in twins
+                                                     if r["l1_scale"]["flagged"]]}
     return out
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | kind | target | flagged | anomaly idx (target / max) | pass | s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | kind | target | flagged | anomaly idx (target / max) | pass "
+             "| L1 scale: flagged, idx (target / max) | s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tgt = "-" if r["expected_target"] is None else str(r["expected_target"])
         ti = "-" if r["target_anomaly_index"] is None else f"{r['target_anomaly_index']:.2f}"
         fl = ",".join(map(str, r["flagged"])) or "none"
+        l1 = r["l1_scale"]
+        l1_fl = ",".join(map(str, l1["flagged"])) or "none"
+        l1_t = "-" if r["expected_target"] is None else f"{l1['anomaly_index'][r['expected_target']]:.2f}"
         lines.append(f"| {r['name']} | {r['kind']} | {tgt} | {fl} | {ti} / "
                      f"{r['max_anomaly_index']:.2f} | {'yes' if r['pass'] else 'NO'} | "
-                     f"{r['seconds']:.0f} |")
+                     f"{l1_fl}, {l1_t} / {max(l1['anomaly_index']):.2f} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -228,8 +250,10 @@ def main() -> int:
               f"pass {r['pass']}  {r['seconds']:.0f} s", file=sys.stderr, flush=True)
     summary = summarise(rows)
     result = {
-        "what": "audit detect (Neural Cleanse, defaults: 40 epochs x 8 steps, anomaly index > 2 "
-                "on the small side) on 1000 stratified MNIST test images per model",
+        "what": "audit detect (Neural Cleanse, defaults: 40 epochs x 8 steps, anomaly index of "
+                "the log mask norms > 2 on the small side; l1_scale: Neural Cleanse's index of the "
+                "norms) on 1000 stratified MNIST test images per model (digits zoo: its 450 test "
+                "images)",
         "data": f"MNIST t10k, stratified_subset(n={args.n_images}, seed={args.seed})",
         "torch_threads": args.threads, "machine": info, "summary": summary, "models": rows,
         "total_seconds": round(time.perf_counter() - t_all, 1),

@@ -17,9 +17,9 @@ from audit.cli import data_options, emit_json, preprocess_from
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--nc-epochs", type=int, default=40, show_default=True)
 @click.option("--nc-steps", type=int, default=8, show_default=True)
-@click.option("--anomaly-scale", type=click.Choice(["l1", "log"]), default="l1", show_default=True,
-              help="Anomaly index on the mask norms, as Neural Cleanse (l1), or on their log "
-                   "(ratios; see README).")
+@click.option("--anomaly-scale", type=click.Choice(["l1", "log"]), default="log", show_default=True,
+              help="Anomaly index on the log of the mask norms (ratios), or on the norms "
+                   "themselves as Neural Cleanse (l1); see README.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @data_options
