@@ -178,24 +178,17 @@ class _Ema:
         for a, t in zip(self.avg, self.live):
             t.copy_(a)
 
+    @contextlib.contextmanager
     def swapped(self):
-        """Context: the live tensors hold the average inside, their own values after."""
-        return _Swap(self)
-
-
-class _Swap:
-    def __init__(self, ema: _Ema) -> None:
-        self.ema = ema
-
-    def __enter__(self):
-        self.saved = [t.detach().clone() for t in self.ema.live]
-        self.ema.copy_to()
-
-    def __exit__(self, *exc):
-        with torch.no_grad():
-            for s, t in zip(self.saved, self.ema.live):
-                t.copy_(s)
-        return False
+        """The live tensors hold the average inside the block, their own values after."""
+        saved = [t.detach().clone() for t in self.live]
+        self.copy_to()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for s, t in zip(saved, self.live):
+                    t.copy_(s)
 
 
 @torch.no_grad()
