@@ -175,7 +175,7 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
     states: dict[int, dict] = {}
     ll0 = None
     suspects: set[int] = set()
-    flagged_ever: set[int] = set()
+    backdoor_seen = False   # a class other than the sink flagged in some round
     triggers: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}   # class -> (norm, m, p)
     first_cutoffs: dict[str, float] = {}
     chosen_lr, lr_scores = None, {}
@@ -207,7 +207,7 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
         suspects.update(rec.flagged)
         # the sink's own recovered trigger is small once the masks have been taught to it:
         # an artefact of the retraining, not a backdoor found
-        flagged_ever.update(c for c in rec.flagged if c != sink)
+        backdoor_seen = backdoor_seen or any(c != sink for c in rec.flagged)
         # nothing flagged: the most likely class's trigger still drives a reset, and the
         # retraining's out-of-distribution term works on watermarks Neural Cleanse cannot see;
         # with keep_used_triggers that class then stays a suspect like a flagged one
@@ -255,7 +255,7 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
         if sink is None or sink in suspects:
             sink = _sink_class(rec, suspects, ood_shares)
         parts = (subset, stamped, stamped_y, triggers, used, sink, cfg.ood_share, cfg.seed + r)
-        distill = cfg.retrain.distill * (cfg.flagged_distill_scale if flagged_ever else 1.0)
+        distill = cfg.retrain.distill * (cfg.flagged_distill_scale if backdoor_seen else 1.0)
         base = replace(cfg.retrain, distill=distill)
         if cfg.retrain.lr is None and chosen_lr is None:
             chosen_lr, lr_scores = _choose_lr(tm, forward, parts, base, keep, teacher,
