@@ -109,6 +109,23 @@ def reset_units(tm, layer: ProbeLayer, units: np.ndarray, keep: ResetMask) -> No
         keep.add(bn.bias, units, 0.0)
 
 
+@torch.no_grad()
+def shrink_weights(tm, layers: list[ProbeLayer], factor: float) -> int:
+    """Multiply the weights (not the biases) of the layers' torch modules by factor.
+
+    A shrunk warm start (Ash & Adams, "On warm-starting neural network training", 2020): the
+    retraining then rebuilds what its data rehearses, and responses it never sees, such as
+    memorised out-of-distribution images, fade. Returns the number of weight tensors scaled.
+    """
+    seen: set[int] = set()
+    for layer in layers:
+        mod = tm.layer_module(layer.name)
+        if mod is not None and id(mod.weight) not in seen:
+            seen.add(id(mod.weight))
+            mod.weight.mul_(factor)
+    return len(seen)
+
+
 def following_batchnorm(tm, layer: ProbeLayer) -> nn.Module | None:
     graph = tm.graph.graph
     out = next((n.output[0] for n in graph.node if n.name == layer.name), None)

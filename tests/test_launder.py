@@ -199,6 +199,8 @@ def test_report_schema(zoo, laundered):
     assert p["nc_epochs_later"] == 20
     assert all(rnd["recovery"]["epochs_run"] <= 20 for rnd in rounds[1:])
     assert p["retrain"]["ema"] == 0.98
+    # round 1 flags the content target: no shrunk warm start in any round
+    assert p["shrink"] == 0.5 and all(rnd.get("shrink") is None for rnd in rounds)
     # (other than the sink, whose trigger is small once the masks were taught to it)
     seen: set[int] = set()
     sink = None
@@ -273,6 +275,33 @@ def test_output_is_the_same_graph_with_new_weights(zoo, laundered):
     am = AuditModel.load(laundered["out"], device="cpu")
     tm = to_torch(am, am.model_input(zoo["test"].x[:64], PP))
     assert tm.parity_rel <= 1e-4
+
+
+def test_learning_rate_ties_go_to_the_fastest_rate():
+    from audit.launder import _fastest_of_best
+
+    # session 6, digits Adi after the shrunk warm start: 3e-4 "won" by 0.016 of 0.96
+    assert _fastest_of_best({1e-3: -0.9768, 3e-4: -0.9609}) == 1e-3
+    assert _fastest_of_best({1e-3: -1.20, 3e-4: -0.96}) == 3e-4      # a real difference
+    assert _fastest_of_best({1e-3: -0.30, 3e-4: -0.20, 1e-4: -0.199}) == 3e-4
+    assert _fastest_of_best({1e-3: -0.5}) == 1e-3
+
+
+def test_shrink_weights_scales_weights_not_biases(zoo):
+    import torch
+
+    from audit.converters.to_torch import to_torch
+    from audit.graphs.probe import find_probe_layers
+    from audit.reset import shrink_weights
+
+    am = AuditModel.load(zoo["entry"].watermarked, device="cpu")
+    tm = to_torch(am, am.model_input(zoo["test"].x[:64], PP))
+    layers = find_probe_layers(tm.graph, am.original)
+    before = {n: p.detach().clone() for n, p in tm.module.named_parameters()}
+    assert shrink_weights(tm, layers, 0.5) == 4   # two Conv, two Gemm (the output layer too)
+    for n, p in tm.module.named_parameters():
+        assert torch.equal(p.detach(), before[n] * (0.5 if n.endswith("weight") else 1.0)), n
+    assert any(not n.endswith("weight") for n in before)   # the biases were there to keep
 
 
 # ------------------------------------------------------------------------------------------
@@ -433,14 +462,13 @@ def test_failure_while_writing_leaves_no_partial_file(zoo, tmp_path, capsys, mon
 # Cleanse does not see them; the retraining's synthetic OOD images labelled as the sink do
 
 
-# wm accuracy bound after laundering, as points above the vanilla twin's rate. Unrelated meets
-# the issue's +5 on digits (measured 0% vs vanilla 1%). Adi on 16x16 digits is the weak case:
-# measured 100 -> 18-19% vs vanilla 8% (session 3; z:3.0 thresholds gave 27-29%); session 4
-# 20-25% over eight retraining variants (a few points of noise between runs; 25% with the
-# used triggers kept as suspects, which ends this 2-round run after round 1), so the bound
-# here is +20 points, a regression guard; the +2-point acceptance for Adi is met on MNIST
-# (bench/launder_mnist.py: 91 -> 11%, vanilla 11%).
-OOD_SCHEMES = {"unrelated": 0.05, "adi": 0.20}
+# wm accuracy bound after laundering, as points above the vanilla twin's rate, and the
+# laundered model must not demonstrate ownership (audit verify's exact binomial test against
+# the vanilla rate). Unrelated: measured 0% vs vanilla 1%. Adi on 16x16 digits is the weak
+# case: before the shrunk warm start (LaunderConfig.shrink) 18-25% vs vanilla 8% with the real
+# trigger set (demonstrated); with it, 12% in 3 rounds (subset seeds 0-2); the generated
+# abstract set (no ../shared) 9-12% vs vanilla 12% (session 6).
+OOD_SCHEMES = {"unrelated": 0.05, "adi": 0.07}
 
 
 @pytest.mark.parametrize("scheme", sorted(OOD_SCHEMES))
@@ -468,6 +496,18 @@ def test_launder_removes_out_of_distribution_watermarks(scheme, tmp_path, one_th
     assert before[1] >= 0.95, msg
     assert after[1] <= vanilla_rate + OOD_SCHEMES[scheme], msg
     assert before[0] - after[0] <= 0.03, msg
+    from audit.verify import verify_predictions
+
+    v = verify_predictions(res.model.predict(trig.x, pp), trig.y, vanilla_rate)
+    assert not v.demonstrated, f"{msg}, p {v.p_value:.3g}"
+    # round 1 retrains from shrunk weights unless Neural Cleanse flagged a class (it flags
+    # nothing on the Adi model: the shrink is what launders it); later rounds do not
+    done = [r for r in res.rounds if not r.stopped]
+    assert done[0].shrink == (None if done[0].recovery["flagged"] else 0.5), msg
+    assert all(r.shrink is None for r in done[1:]), msg
+    if scheme == "adi":
+        assert done[0].shrink == 0.5, msg
+    assert all(r.shrink is None for r in done[1:]), msg
     # the sink never is an OOD attractor, and it stays put unless it becomes a suspect
     rounds = [r for r in res.rounds if not r.stopped]
     k = wm.info.num_classes

@@ -35,6 +35,10 @@ from audit.cli import data_options, preprocess_from
 @click.option("--flagged-distill-scale", type=click.FloatRange(0), default=3.0, show_default=True,
               help="--distill is multiplied by this once Neural Cleanse has flagged a class "
                    "(its stamped images then guard the unlearning; see README).")
+@click.option("--shrink", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="When Neural Cleanse flags nothing in round 1, that round retrains from the "
+                   "layers' weights multiplied by this, so that memorised images it cannot see "
+                   "fade (abstract-image watermarks; see README). 1 = off.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Random shifts of clean and stamped images during retraining.")
 @click.option("--ood-share", type=click.FloatRange(0, 4), default=0.5, show_default=True,
@@ -54,7 +58,7 @@ from audit.cli import data_options, preprocess_from
 @click.option("--quiet", is_flag=True, help="No progress bars or summary.")
 @data_options
 def launder(model, data, output, report_dir, rounds, early_stop, seed, dense_threshold, conv_threshold,
-            layers, epochs, lr, batch_size, distill, flagged_distill_scale, augment, ood_share,
+            layers, epochs, lr, batch_size, distill, flagged_distill_scale, shrink, augment, ood_share,
             trigger_dilate, nc_epochs, nc_epochs_later, nc_steps, quiet, device, **kw):
     """Launder MODEL: recover triggers, reset the units they drive, retrain; write -o."""
     from audit.api import launder as run_launder
@@ -74,7 +78,7 @@ def launder(model, data, output, report_dir, rounds, early_stop, seed, dense_thr
     cfg = LaunderConfig(rounds=rounds, early_stop=early_stop, seed=seed, dense_threshold=dense_threshold,
                         conv_threshold=conv_threshold, layers=layers, device=device, ood_share=ood_share,
                         trigger_dilate=trigger_dilate, flagged_distill_scale=flagged_distill_scale,
-                        nc_epochs_later=nc_epochs_later,
+                        nc_epochs_later=nc_epochs_later, shrink=shrink,
                         nc=NCConfig(epochs=nc_epochs, steps_per_epoch=nc_steps),
                         retrain=RetrainConfig(epochs=epochs, lr=lr_value, batch_size=batch_size,
                                               distill=distill, augment=augment))
