@@ -93,7 +93,7 @@ class LaunderConfig:
     # watermark Neural Cleanse cannot see is a set of memorised images, which distillation
     # from the original model carries over while the weights stay where they were. On the
     # digits Adi model (real trigger set) 22 -> 12 trigger hits of 100 (vanilla 8; ownership
-    # no longer demonstrated), for 0.3-0.6 points of MNIST test accuracy (README). Not used
+    # no longer demonstrated), for 0.30-0.37 points of MNIST test accuracy (README). Not used
     # when round 1 flags a class: its stamped images unlearn that backdoor, and the shrink
     # cost BadNets-MNIST 0.1-0.3 points of clean accuracy. The flag is the launder's own (L1)
     # index: the log index's occasional false alarm on an Adi model would leave it unlaundered

@@ -65,8 +65,9 @@ def find_identical(scheme: str, roots: list[Path]) -> Path | None:
             if not meta_p.is_file():
                 continue
             m = json.loads(meta_p.read_text())
+            target = None if scheme == "adi" else 0   # Adi's labels are random: no target
             if (m.get("seed"), m.get("epochs"), m.get("target"), m.get("scheme")) == \
-                    (0, RECIPES["mnist"].epochs, 0, scheme):
+                    (0, RECIPES["mnist"].epochs, target, scheme):
                 return src
     return None
 
