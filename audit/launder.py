@@ -16,7 +16,7 @@ import torch
 from audit.converters.to_torch import to_torch
 from audit.converters.write_back import check_written, write_back
 from audit.data import Dataset, Preprocess
-from audit.errors import DataError
+from audit.errors import AuditError, DataError
 from audit.forward import make_forward
 from audit.graphs.model import AuditModel
 from audit.graphs.probe import find_probe_layers, mean_activations
@@ -165,6 +165,8 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
                   ) -> LaunderResult:
     """Launder am using only subset (correctly labelled clean images). No file is written."""
     cfg = config or LaunderConfig()
+    if not 0 < cfg.shrink <= 1:
+        raise AuditError(f"shrink must be in (0, 1], got {cfg.shrink}")
     t_start = time.perf_counter()
     k = am.info.num_classes
     _check_subset(subset, k)
