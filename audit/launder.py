@@ -265,7 +265,7 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
             break
 
         t = time.perf_counter()
-        shrink = cfg.shrink if r == 1 and not rec.flagged and cfg.shrink != 1.0 else None
+        shrink = cfg.shrink if r == 1 and not backdoor_seen and cfg.shrink != 1.0 else None
         if shrink is not None:
             shrink_weights(tm, layers, shrink)
             keep.apply()
