@@ -89,7 +89,8 @@ class LaunderConfig:
     # the full schedule. Saves ~20 s of a 3-round MNIST launder (README)
     nc_epochs_later: int | None = 20
     # when Neural Cleanse flags nothing in round 1, that round retrains from the weights of
-    # every Conv/Gemm layer multiplied by this (a shrunk warm start, reset.shrink_weights): a
+    # every Conv/Gemm layer (and the scale of a BatchNorm right after one) multiplied by this
+    # (a shrunk warm start, reset.shrink_weights): a
     # watermark Neural Cleanse cannot see is a set of memorised images, which distillation
     # from the original model carries over while the weights stay where they were. On the
     # digits Adi model (real trigger set) 22 -> 12 trigger hits of 100 (vanilla 8; ownership

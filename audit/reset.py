@@ -115,14 +115,21 @@ def shrink_weights(tm, layers: list[ProbeLayer], factor: float) -> int:
 
     A shrunk warm start (Ash & Adams, "On warm-starting neural network training", 2020): the
     retraining then rebuilds what its data rehearses, and responses it never sees, such as
-    memorised out-of-distribution images, fade. Returns the number of weight tensors scaled.
+    memorised out-of-distribution images, fade. A BatchNorm right after a layer would
+    normalise the shrink away, so its scale (gamma) is multiplied instead of nothing: the
+    same as shrinking the layer's weights with its shift kept. Returns the number of tensors
+    scaled.
     """
     seen: set[int] = set()
     for layer in layers:
         mod = tm.layer_module(layer.name)
-        if mod is not None and id(mod.weight) not in seen:
-            seen.add(id(mod.weight))
-            mod.weight.mul_(factor)
+        if mod is None:
+            continue
+        bn = following_batchnorm(tm, layer)
+        for w in (mod.weight, bn.weight if bn is not None and bn.affine else None):
+            if w is not None and id(w) not in seen:
+                seen.add(id(w))
+                w.mul_(factor)
     return len(seen)
 
 

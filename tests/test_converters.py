@@ -317,6 +317,30 @@ def test_torchscript_export_with_batchnorm(opset, torch_digits, digits, capsys):
     perturb_and_write_back(am, x[:64])
 
 
+def test_shrink_reaches_through_batchnorm(torch_digits, digits):
+    """The launder's shrunk warm start (reset.shrink_weights) on a Conv followed by BatchNorm:
+    the BN's scale is shrunk too, or its normalisation would undo the conv's shrink."""
+    from audit.graphs.probe import find_probe_layers
+    from audit.reset import shrink_weights
+
+    net, _ = torch_digits
+    path = digits["dir"] / "ts_shrink.onnx"
+    export(net, path, dynamo=False, opset=13)
+    am = AuditModel.load(path, device="cpu")
+    x = am.model_input(digits["test"][0][:, None].astype(np.float32) / 255, Preprocess())
+    tm = to_torch(am, x)
+    mods = list(tm.module.modules())
+    bn = [m for m in mods if isinstance(m, torch.nn.BatchNorm2d)]
+    layers = [m for m in mods if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(bn) == 1 and len(layers) == 3
+    shrunk = {id(m.weight) for m in layers} | {id(bn[0].weight)}
+    before = {n: p.detach().clone() for n, p in tm.module.named_parameters()}
+    assert shrink_weights(tm, find_probe_layers(tm.graph, am.original), 0.5) == 4
+    for n, p in tm.module.named_parameters():
+        assert torch.equal(p.detach(), before[n] * (0.5 if id(p) in shrunk else 1.0)), n
+    assert any(id(p) not in shrunk for p in tm.module.parameters())   # BN shift, biases kept
+
+
 def test_dynamo_export(torch_digits, digits, capsys):
     net, acc = torch_digits
     path = digits["dir"] / "dynamo.onnx"
