@@ -90,11 +90,11 @@ class LaunderConfig:
     nc_epochs_later: int | None = 20
     # when Neural Cleanse flags nothing in round 1, that round retrains from the weights of
     # every Conv/Gemm layer (and the scale of a BatchNorm right after one) multiplied by this
-    # (a shrunk warm start, reset.shrink_weights): a
-    # watermark Neural Cleanse cannot see is a set of memorised images, which distillation
-    # from the original model carries over while the weights stay where they were. On the
-    # digits Adi model (real trigger set) 22 -> 12 trigger hits of 100 (vanilla 8; ownership
-    # no longer demonstrated), for 0.30-0.37 points of MNIST test accuracy (README). Not used
+    # (a shrunk warm start, reset.shrink_weights): a watermark Neural Cleanse cannot see is a
+    # set of memorised images, which distillation from the original model carries over while
+    # the weights stay where they were. On the digits Adi model (real trigger set) 22 -> 12
+    # trigger hits of 100 (vanilla 8; ownership no longer demonstrated), for 0.30-0.37 points
+    # of MNIST test accuracy (README). Not used
     # when round 1 flags a class: its stamped images unlearn that backdoor, and the shrink
     # cost BadNets-MNIST 0.1-0.3 points of clean accuracy. The flag is the launder's own (L1)
     # index: the log index's occasional false alarm on an Adi model would leave it unlaundered
@@ -269,7 +269,7 @@ def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
         shrink = cfg.shrink if r == 1 and not backdoor_seen and cfg.shrink != 1.0 else None
         if shrink is not None:
             shrink_weights(tm, layers, shrink)
-            keep.apply()
+            keep.apply()   # units reset to a layer's median weight keep that value
         reset_batchnorm_stats(tm.module)
         # one sink for the whole run: moving it would make a later round unteach the last
         if sink is None or sink in suspects:

@@ -57,7 +57,7 @@ def machine() -> dict:
 
 
 def find_identical(scheme: str, roots: list[Path]) -> Path | None:
-    from audit.models_zoo.build import RECIPES
+    from audit.models_zoo.build import DEFAULT_TARGET, RECIPES
 
     for root in roots:
         for src in (root / f"mnist_{scheme}", root / f"mnist_{scheme}_s0"):
@@ -65,9 +65,9 @@ def find_identical(scheme: str, roots: list[Path]) -> Path | None:
             if not meta_p.is_file():
                 continue
             m = json.loads(meta_p.read_text())
-            target = None if scheme == "adi" else 0   # Adi's labels are random: no target
-            if (m.get("seed"), m.get("epochs"), m.get("target"), m.get("scheme")) == \
-                    (0, RECIPES["mnist"].epochs, target, scheme):
+            # the default target; Adi's labels are random, so its meta records none
+            if (m.get("seed"), m.get("epochs"), m.get("scheme")) == \
+                    (0, RECIPES["mnist"].epochs, scheme) and m.get("target") in (DEFAULT_TARGET, None):
                 return src
     return None
 
