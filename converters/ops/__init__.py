@@ -15,8 +15,10 @@ import importlib
 from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
 
 MODULES = (
-    "affine", "depth_to_space", "gelu", "global_lp_pool", "global_max_pool", "image_scaler", "lp_normalization", "mish",
-    "mvn", "pad", "reduce", "scaled_tanh", "shrink", "space_to_depth", "split", "swish", "thresholded_relu", "upsample",
+    "affine", "cast_like", "cum_prod", "cumsum", "depth_to_space", "gelu", "global_lp_pool", "global_max_pool",
+    "group_normalization", "hardmax", "hyperbolic", "image_scaler", "lp_normalization", "lp_pool", "matmul", "mish",
+    "mvn", "pad", "reduce", "scaled_tanh", "shrink", "size", "space_to_depth", "split", "swish", "thresholded_relu",
+    "trilu", "upsample",
 )
 
 ADDED: set[OperationDescription] = set()
