@@ -10,10 +10,19 @@ import numpy as np
 
 from audit import __version__
 from audit.data import Dataset, Preprocess
-from audit.errors import AuditError
 from audit.graphs.io import had_external_data, save_model, sha256_file
 from audit.graphs.model import AuditModel
 from audit.launder import LaunderConfig, LaunderResult, launder_model
+from audit.paths import (
+    DETECT_REPORT,
+    LAUNDER_REPORT,
+    check_outputs,
+    data_inputs,
+    model_has_external_data,
+    model_inputs,
+    output_file,
+    output_folder,
+)
 from audit.progress import Bars
 from audit.report import SCHEMA_VERSION, write_json, write_recovery_pngs
 from audit.session import data_for
@@ -48,10 +57,9 @@ def launder(model, data, output: str | os.PathLike | None = None, *,
     """Launder model (path or AuditModel) with data (path or Dataset); optionally write results."""
     cfg = config or LaunderConfig(device=device)
     pp = preprocess or Preprocess()
+    _check_paths(model, data, output, report_dir, LAUNDER_REPORT)  # save_model checks again at the end
     am = _model(model, device)
     subset = _data(am, data)
-    if output is not None and am.path is not None:
-        _refuse_input_as_output(output, am.path)  # fail early; save_model checks again at the end
     bars = Bars(quiet)
     try:
         result = launder_model(am, subset, pp, cfg, progress=bars)
@@ -66,20 +74,19 @@ def launder(model, data, output: str | os.PathLike | None = None, *,
     return result
 
 
-def _refuse_input_as_output(output, source: Path) -> None:
-    """Refuse -o naming the input (or its external data) before the long run, without touching
-    an existing output file: that is replaced atomically only once the result is written."""
-    out = Path(output)
-    pairs = [(out, Path(source))]
-    if had_external_data(source):
-        pairs.append((Path(str(out) + ".data"), Path(str(source) + ".data")))
-    for a, b in pairs:
-        try:
-            same = a.exists() and b.exists() and os.path.samefile(a, b)
-        except OSError:
-            same = False
-        if same:
-            raise AuditError(f"refusing to overwrite the input file {b}")
+def _check_paths(model, data, output, report_dir, report_writes: tuple[str, ...]) -> None:
+    """Before the long run: no output may touch an input (audit.paths.check_outputs). An existing
+    output file is not touched here: it is replaced atomically once the result is written."""
+    model_path = model.path if isinstance(model, AuditModel) else model
+    outputs = []
+    if output is not None:
+        outputs.append(output_file(output, "laundered model"))
+        if model_has_external_data(model_path):
+            outputs.append(output_file(f"{output}.data", "laundered model's external data"))
+    if report_dir is not None:
+        outputs.append(output_folder(report_dir, report_writes, "report folder"))
+    inputs = model_inputs(model_path) + (data_inputs(data) if not isinstance(data, Dataset) else [])
+    check_outputs(outputs, inputs)
 
 
 def write_launder_report(report_dir, am: AuditModel, subset: Dataset, pp: Preprocess,
@@ -127,6 +134,7 @@ def detect(model, data, *, preprocess: Preprocess | None = None, config=None, se
     from audit.nc import NCConfig, recover
 
     pp = preprocess or Preprocess()
+    _check_paths(model, data, None, report_dir, DETECT_REPORT)
     am = _model(model, device)
     ds = _data(am, data)
     if len(ds.classes()) < 2:

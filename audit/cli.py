@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 
@@ -12,6 +13,22 @@ import click
 from audit.errors import AuditError
 
 log = logging.getLogger("audit")
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option within optional bounds that also refuses nan and inf."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+#: Seeds are what numpy and torch both accept.
+SEED = click.IntRange(0, 2**32 - 1)
 
 
 def data_options(f):
@@ -36,6 +53,22 @@ def preprocess_from(kw: dict):
 
     return Preprocess.from_options(kw.pop("scale"), kw.pop("mean"), kw.pop("std"),
                                    kw.pop("input_spec"))
+
+
+def preflight(device: str | None, *, outputs=(), models=(), data=(), files=()) -> None:
+    """Checks made before any work: the device is usable, and no output (audit.paths.Output)
+    touches an input model (with its external data), data set or other input file, collides
+    with another output or cannot be created. Raises AuditError with one line."""
+    from audit.paths import check_outputs, data_inputs, model_inputs
+
+    inputs = [p for m in models for p in model_inputs(m)]
+    inputs += [p for d in data for p in data_inputs(d)]
+    inputs += [f for f in files if f is not None]
+    check_outputs(outputs, inputs)
+    if device is not None:
+        from audit.graphs.runtime import check_device
+
+        check_device(device)
 
 
 def emit_json(obj) -> None:

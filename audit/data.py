@@ -9,15 +9,16 @@ What the model actually consumes is produced from that by a :class:`Preprocess`
 
 1. a folder of class sub-folders named ``0..K-1`` holding images Pillow can decode
    (PNG, JPEG, BMP, ...; any size and mode). Like torchvision's ``ImageFolder``: files are
-   found recursively inside each class folder, files without an image extension are skipped,
-   hidden files and folders are skipped, non-folder entries at the top level (a LICENSE, a
-   labels list) are ignored, the EXIF orientation is not applied, and an alpha channel is
-   *dropped* (RGBA -> RGB keeps the colour values, it does not composite on a background);
-   palette images are expanded through their palette. Order: classes by number, files by
-   natural name order (``2.png`` before ``10.png``).
-2. an ``.npz`` with arrays ``x`` and ``y``; ``x`` is ``[N,H,W]``, ``[N,H,W,C]`` or
-   ``[N,C,H,W]`` (C in 1, 3, 4); uint8 (or other integer) values are 0..255 pixels, float
-   values are intensities in [0, 1].
+   found recursively inside each class folder (linked folders are followed, each real folder
+   once, never into the data-set root or another class folder), files without an image
+   extension are skipped, hidden files and folders are skipped, non-folder entries at the
+   top level (a LICENSE, a labels list) are ignored, the EXIF orientation is not applied,
+   and an alpha channel is *dropped* (RGBA -> RGB keeps the colour values, it does not
+   composite on a background); palette images are expanded through their palette. Order:
+   classes by number, files by natural name order (``2.png`` before ``10.png``).
+2. an ``.npz`` (a zip archive, never unpickled) with arrays ``x`` and ``y``; ``x`` is
+   ``[N,H,W]``, ``[N,H,W,C]`` or ``[N,C,H,W]`` (C in 1, 3, 4); uint8 (or other integer)
+   values are 0..255 pixels, float values are intensities in [0, 1].
 3. MNIST IDX files: the path names the ``*-images-idx3-ubyte[.gz]`` (or
    ``*-images.idx3-ubyte[.gz]``) file; its labels file is found beside it by name.
 
@@ -36,6 +37,8 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +126,8 @@ def _parse_number_list(text: str | float, what: str) -> tuple[float, ...]:
 
 def _read_spec_file(spec_file: str) -> dict[str, Any]:
     """Read and check a JSON preprocessing spec ``{"scale":..., "mean":..., "std":...}``."""
+    if os.path.exists(spec_file) and not os.path.isfile(spec_file):
+        raise _error(spec_file, "preprocessing spec is not a regular file")
     try:
         with open(spec_file, encoding="utf-8") as fh:
             spec = json.load(fh)
@@ -130,7 +135,7 @@ def _read_spec_file(spec_file: str) -> dict[str, Any]:
         raise _error(spec_file, "preprocessing spec file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise _error(spec_file, f"cannot read preprocessing spec file ({exc})") from None
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, too many digits, too deep
         raise _error(spec_file, f"preprocessing spec is not valid JSON ({exc})") from None
     if not isinstance(spec, dict):
         raise _error(spec_file, 'preprocessing spec must be a JSON object like '
@@ -163,6 +168,11 @@ class Preprocess:
         std = _as_float_tuple(self.std, "std")
         if any(s <= 0 for s in std):
             raise _error(None, f"preprocessing std must be positive, got {list(std)}")
+        limit = float(np.finfo(np.float32).max) / 4
+        if any(abs(255.0 * scale[0] / s) > limit for s in std) or \
+                any(abs(m / s) > limit for m in mean for s in std):
+            raise _error(None, "preprocessing scale, mean and std give model inputs beyond float32's "
+                         f"range (scale {scale[0]:g}, mean {list(mean)}, std {list(std)})")
         object.__setattr__(self, "scale", scale[0])
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
@@ -399,11 +409,22 @@ def _class_folders(root: Path) -> list[tuple[int, Path]]:
     return sorted(folders.items())
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files under a class folder, recursively, hidden entries skipped, natural order."""
+def _image_files(folder: Path, skip: set[str] = frozenset()) -> list[Path]:
+    """Image files under a class folder, recursively, hidden entries skipped, natural order.
+
+    Linked folders are followed, each real folder once: a link back to a folder already
+    walked (a loop) is skipped, and so is one to a folder in ``skip`` (real paths: the
+    data-set root and the other class folders)."""
     found = []
+    seen = {os.path.realpath(folder), *skip}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
+        keep = []
+        for d in dirnames:
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not _is_hidden(d) and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             if not _is_hidden(name) and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 found.append(Path(dirpath) / name)
@@ -443,27 +464,45 @@ def _resize_image(im: Image.Image, width: int, height: int) -> Image.Image:
 
 
 def _decode_image(path: Path, channels: int, height: int, width: int) -> np.ndarray:
-    """Decode one image file to uint8 CHW of the model geometry."""
+    """Decode one image file to uint8 CHW of the model geometry.
+
+    Pillow's decoders raise assorted exceptions on corrupt files, and warn about odd ones
+    (an image too large to be plausible is refused): each is one DataError naming the file."""
+    if not path.is_file():
+        raise _error(path, "cannot decode image (not a regular file: a broken link, a pipe or a device)")
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = _normalise_mode(im)
-            target = _MODE_FOR_CHANNELS[channels]
-            if im.mode != target:
-                im = im.convert(target)
-            if im.size != (width, height):
-                im = _resize_image(im, width, height)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return _decode_image_file(path, channels, height, width)
+    except DataError:
+        raise
+    except Image.DecompressionBombWarning:
+        raise _error(path, "cannot decode image (too many pixels to be a plausible image)") from None
+    except Exception as exc:
         raise _error(path, f"cannot decode image ({_one_line(str(exc)) or type(exc).__name__})"
                      ) from None
+
+
+def _decode_image_file(path: Path, channels: int, height: int, width: int) -> np.ndarray:
+    with Image.open(path) as im:
+        im.load()
+        im = _normalise_mode(im)
+        target = _MODE_FOR_CHANNELS[channels]
+        if im.mode != target:
+            im = im.convert(target)
+        if im.size != (width, height):
+            im = _resize_image(im, width, height)
+        arr = np.asarray(im, dtype=np.uint8)
     return arr.reshape(height, width, channels).transpose(2, 0, 1)
 
 
 def _load_image_folder(root: Path, channels: int, height: int, width: int,
                        limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Format 1: folder of class sub-folders -> (float32 NCHW, labels)."""
-    items = [(f, label) for label, folder in _class_folders(root) for f in _image_files(folder)]
+    classes = _class_folders(root)
+    roots = {os.path.realpath(root)} | {os.path.realpath(folder) for _, folder in classes}
+    items = [(f, label) for label, folder in classes for f in _image_files(folder, roots)]
     if not items:
         raise _error(root, "folder contains no images (looked for "
                      f"{', '.join(sorted(IMAGE_EXTENSIONS))} in its class sub-folders)")
@@ -526,7 +565,18 @@ def _npz_pixels(x: np.ndarray, path: Path) -> np.ndarray:
 
 def _load_npz(path: Path, limit: int | None,
               geometry: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Format 2: ``.npz`` with ``x`` and ``y`` -> (NCHW uint8 or float32, raw labels)."""
+    """Format 2: ``.npz`` with ``x`` and ``y`` -> (NCHW uint8 or float32, raw labels).
+
+    Only numeric arrays are read: pickled objects are never loaded (allow_pickle=False)."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise _error(path, f"cannot read file ({exc.strerror or exc})") from None
+    if magic.startswith(b"\x93NUMPY"):
+        raise _error(path, "is a single .npy array, not an npz archive with arrays x and y")
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise _error(path, "not an npz file (an npz is a zip archive of arrays x and y)")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in ("x", "y") if k not in z.files]
@@ -536,9 +586,14 @@ def _load_npz(path: Path, limit: int | None,
             x, y = z["x"], z["y"]
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, KeyError) as exc:
-        raise _error(path, f"cannot read npz ({_one_line(str(exc)) or type(exc).__name__})"
-                     ) from None
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise _error(path, "npz holds Python object arrays; only numeric arrays are read "
+                         "(pickled data is never loaded)") from None
+        raise _error(path, f"cannot read npz ({_one_line(str(exc)) or type(exc).__name__})") from None
+    except Exception as exc:  # zipfile, zlib and numpy raise assorted errors on corrupt archives
+        raise _error(path, f"cannot read npz, corrupt or truncated "
+                     f"({_one_line(str(exc)) or type(exc).__name__})") from None
     if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
         raise _error(path, f"x has {len(x) if x.ndim else 0} images but y has "
                      f"{len(y) if y.ndim else 0} labels")
@@ -591,12 +646,25 @@ def _read_idx(path: Path, magic: int, ndim: int, limit: int | None) -> tuple[tup
                 raise _error(path, f"not an IDX file of the expected kind (magic {got_magic}, "
                              f"expected {magic})")
             dims = tuple(int(d) for d in np.frombuffer(header[4:], dtype=">u4"))
+            if ndim > 1 and 0 in dims[1:]:
+                raise _error(path, f"IDX images of size {'x'.join(map(str, dims[1:]))}: "
+                             "height and width must be positive")
             count = dims[0] if limit is None else min(dims[0], limit)
             need = count * math.prod(dims[1:])
-            data = fh.read(need)
+            chunks, got = [], 0   # a header may claim any size: memory follows the bytes present
+            while got < need:
+                chunk = fh.read(min(need - got, 1 << 24))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+            data = b"".join(chunks)
+            if opener is gzip.open:  # the checksum is read, and checked, at the end of the stream
+                while fh.read(1 << 20):
+                    pass
     except DataError:
         raise
-    except (OSError, EOFError, OverflowError, MemoryError) as exc:
+    except (OSError, EOFError, OverflowError, MemoryError, zlib.error) as exc:
         raise _error(path, f"cannot read IDX file, corrupt or truncated "
                      f"({_one_line(str(exc)) or type(exc).__name__})") from None
     if len(data) < need:
@@ -641,10 +709,15 @@ def load_dataset(path: str | os.PathLike[str], *, channels: int, height: int, wi
         raise _error(p, f"num_classes must be a positive integer, got {num_classes!r}")
     if not p.exists():
         raise _error(p, "no such file or folder")
+    if not p.is_dir() and not p.is_file():
+        raise _error(p, "not a regular file or folder (a pipe or device is never read)")
     if p.is_dir():
         x, y = _load_image_folder(p, channels, height, width, limit)
     elif p.suffix.lower() == ".npz":
         raw_x, y = _load_npz(p, limit, (channels, height, width))
+        if 0 in raw_x.shape[2:]:
+            raise _error(p, f"images of size {raw_x.shape[2]}x{raw_x.shape[3]}: height and width "
+                         "must be positive")
         x = _to_model_geometry(raw_x, channels, height, width)
     elif _is_idx(p):
         raw_x, y = _load_idx(p, limit)

@@ -24,6 +24,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"{p}: no such file")
     if p.is_dir():
         raise ModelError(f"{p}: is a folder, expected an .onnx file")
+    if not p.is_file():
+        raise ModelError(f"{p}: not a regular file (a pipe or device is never read)")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
@@ -32,6 +34,9 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"{p}: not an ONNX model ({type(exc).__name__})") from None
     if not model.graph.node or not model.opset_import or model.ir_version <= 0:
         raise ModelError(f"{p}: not an ONNX model (no graph, opset or IR version)")
+    bad_text = _invalid_text(model)
+    if bad_text:
+        raise ModelError(f"{p}: corrupt model: {bad_text} is not valid UTF-8 text")
     if _uses_external_data(model):
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
@@ -44,7 +49,58 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         _check_tensor_sizes(model)
     except ValueError as exc:
         raise ModelError(f"{p}: truncated or corrupt model ({exc})") from None
+    nan = _nan_tensor(model)
+    if nan:
+        raise ModelError(f"{p}: {nan} holds NaN values")
     return model
+
+
+def _invalid_text(msg, where: str = "") -> str | None:
+    """The first string field (a name, an op type, an attribute...) that is not valid UTF-8.
+
+    protobuf parses such bytes without complaint (ONNX is proto2) and hands them back as
+    bytes instead of str; flipped bytes in a file often land there."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field in msg.DESCRIPTOR.fields:  # tensor bytes are never touched, only text and messages
+        if field.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE):
+            continue
+        repeated = (field.is_repeated if hasattr(field, "is_repeated")
+                    else field.label == FieldDescriptor.LABEL_REPEATED)
+        if repeated:
+            values = getattr(msg, field.name)
+        elif field.type == FieldDescriptor.TYPE_STRING or msg.HasField(field.name):
+            values = [getattr(msg, field.name)]
+        else:
+            continue
+        for i, v in enumerate(values):
+            name = (f"{where}.{field.name}" if where else field.name) + (f"[{i}]" if repeated else "")
+            if field.type == FieldDescriptor.TYPE_STRING:
+                if not isinstance(v, str):
+                    return name
+            else:
+                found = _invalid_text(v, name)
+                if found:
+                    return found
+    return None
+
+
+def _nan_tensor(model: onnx.ModelProto) -> str | None:
+    """The first initializer or Constant node of the main graph whose float values hold NaN."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    tensors = [(f"initializer {t.name!r}", t) for t in model.graph.initializer]
+    tensors += [(f"Constant node {n.name or n.output[0]!r}", a.t) for n in model.graph.node
+                if n.op_type == "Constant" and n.output for a in n.attribute if a.name == "value"]
+    for what, t in tensors:
+        try:
+            arr = numpy_helper.to_array(t)
+        except Exception:  # initializers were read above; onnxruntime reports a bad Constant
+            continue
+        if arr.dtype.kind == "f" and arr.size and np.isnan(arr).any():
+            return what
+    return None
 
 
 def _check_tensor_sizes(model: onnx.ModelProto) -> None:

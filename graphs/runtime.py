@@ -45,6 +45,13 @@ def providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def check_device(device: str = "auto") -> None:
+    """Refuse an unknown device, or cuda where neither onnxruntime nor torch can use one."""
+    providers(device)
+    if device == "cuda":
+        torch_device(device)
+
+
 def torch_device(device: str = "auto") -> str:
     import torch
 

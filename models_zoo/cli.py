@@ -27,7 +27,7 @@ def _fmt(v: float) -> str:
                    "or --data-root.")
 @click.option("--scheme", type=click.Choice([*SCHEMES, "all"]), default="content",
               show_default=True, help="Watermark scheme (Zhang content/noise/unrelated, Adi).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--epochs", type=int, default=None, help="Override the data set's epochs.")
 @click.option("--target", type=int, default=0, show_default=True,
               help="Watermark target class (Zhang schemes).")
@@ -47,8 +47,17 @@ def build(dataset: str, scheme: str, seed: int, epochs: int | None, target: int,
           threads: int | None, data_root: Path | None, out_dir: Path, quiet: bool) -> None:
     """Train a watermarked model and its vanilla twin; write ONNX files, the trigger set
     (image folder), meta.json and, for digits, the clean data as .npz."""
-    from .build import build_entry, build_zoo
+    from audit.paths import check_outputs, output_folder
 
+    from .build import build_entry, build_zoo
+    from .datasets import default_data_root
+    from .watermarks import default_adi_path
+
+    root = data_root if data_root is not None else default_data_root()
+    inputs = {"mnist": [root / "mnist"], "cifar10": [root / "cifar10"]}.get(dataset, [])
+    if scheme in ("adi", "all"):
+        inputs.append(default_adi_path())
+    check_outputs([output_folder(out_dir)], inputs)
     kwargs = {"seed": seed, "epochs": epochs, "device": device, "quiet": quiet,
               "target": target, "threads": threads, "data_root": data_root}
     if scheme == "all":

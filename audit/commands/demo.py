@@ -8,15 +8,17 @@ from pathlib import Path
 import click
 import numpy as np
 
+from audit.cli import SEED, preflight
+
 
 @click.command("demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="audit-demo",
               show_default=True, help="Folder for every model, report and picture.")
 @click.option("--scheme", type=click.Choice(["content", "noise", "unrelated", "adi"]),
               default="content", show_default=True, help="Watermark scheme to embed.")
-@click.option("--subset", "subset_size", type=int, default=150, show_default=True,
+@click.option("--subset", "subset_size", type=click.IntRange(1), default=150, show_default=True,
               help="Clean images the launderer gets (of 1,347 training images).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--quiet", is_flag=True, help="Only the final summary.")
@@ -27,8 +29,10 @@ def demo(out_dir, scheme, subset_size, seed, device, quiet):
     from audit.graphs.model import AuditModel
     from audit.launder import LaunderConfig
     from audit.models_zoo.build import build_entry
+    from audit.paths import output_folder
     from audit.report import write_json
 
+    preflight(device, outputs=[output_folder(out_dir)])
     t0 = time.perf_counter()
     out = Path(out_dir)
     say = (lambda *a: None) if quiet else (lambda msg: click.echo(msg, err=True))

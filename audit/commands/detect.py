@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from audit.cli import data_options, emit_json, preprocess_from
+from audit.cli import SEED, data_options, emit_json, preflight, preprocess_from
 
 
 @click.command("detect")
@@ -14,9 +14,9 @@ from audit.cli import data_options, emit_json, preprocess_from
               help="Folder for report.json and mask/pattern PNGs.")
 @click.option("--max-images", type=int, default=1000, show_default=True,
               help="Stratified sample of --data used for trigger recovery.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--nc-epochs", type=int, default=40, show_default=True)
-@click.option("--nc-steps", type=int, default=8, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--nc-epochs", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--nc-steps", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--anomaly-scale", type=click.Choice(["l1", "log"]), default="log", show_default=True,
               help="Anomaly index on the log of the mask norms (ratios), or on the norms "
                    "themselves as Neural Cleanse (l1); see README.")
@@ -28,7 +28,10 @@ def detect(model, data, report_dir, max_images, seed, nc_epochs, nc_steps, anoma
     """Recover a trigger per class (Neural Cleanse) and flag anomalously small ones."""
     from audit.api import detect as run_detect
     from audit.nc import NCConfig
+    from audit.paths import DETECT_REPORT, output_folder
 
+    preflight(device, outputs=[output_folder(report_dir, DETECT_REPORT, "report folder") if report_dir else None],
+              models=[model], data=[data], files=[kw["input_spec"]])
     pp = preprocess_from(kw)
     d = run_detect(model, data, preprocess=pp, config=NCConfig(epochs=nc_epochs,
                    steps_per_epoch=nc_steps, anomaly_scale=anomaly_scale), seed=seed, max_images=max_images,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from audit.cli import data_options, emit_json, preprocess_from
+from audit.cli import data_options, emit_json, preflight, preprocess_from
 
 
 @click.command("evaluate")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(), required=True, help="Labelled data to score on.")
-@click.option("--limit", type=int, default=None, help="Use at most this many images.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use at most this many images.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @data_options
 def evaluate(model, data, limit, as_json, device, **kw):
@@ -19,6 +19,7 @@ def evaluate(model, data, limit, as_json, device, **kw):
     from audit.graphs.model import AuditModel
     from audit.session import data_for
 
+    preflight(device, models=[model], data=[data], files=[kw["input_spec"]])
     pp = preprocess_from(kw)
     am = AuditModel.load(model, device=device)
     ds = data_for(am, data, limit=limit)

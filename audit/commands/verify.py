@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from audit.cli import data_options, emit_json, preprocess_from
+from audit.cli import FiniteFloat, data_options, emit_json, preflight, preprocess_from
 from audit.errors import AuditError
 
 
@@ -14,9 +14,9 @@ from audit.errors import AuditError
               help="Trigger set; its labels are the watermark labels.")
 @click.option("--vanilla", type=click.Path(dir_okay=False), default=None,
               help="A clean model of the same task: its rate on the triggers is the null rate.")
-@click.option("--null-rate", type=click.FloatRange(0, 1), default=None,
+@click.option("--null-rate", type=FiniteFloat(0, 1), default=None,
               help="The vanilla rate, if known (default without --vanilla: 1/classes).")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True), default=0.01,
+@click.option("--alpha", type=FiniteFloat(0, 1, min_open=True), default=0.01,
               show_default=True, help="Significance level of the one-sided binomial test.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
@@ -25,9 +25,12 @@ from audit.errors import AuditError
 def verify(model, triggers, vanilla, null_rate, alpha, as_json, report, device, **kw):
     """Test MODEL's watermark accuracy on --triggers against the vanilla rate."""
     from audit.api import verify as run_verify
+    from audit.paths import output_file
 
     if vanilla and null_rate is not None:
         raise AuditError("give either --vanilla or --null-rate, not both")
+    preflight(device, outputs=[output_file(report, "report file") if report else None],
+              models=[model, vanilla] if vanilla else [model], data=[triggers], files=[kw["input_spec"]])
     pp = preprocess_from(kw)
     v = run_verify(model, triggers, vanilla=vanilla, null_rate=null_rate, alpha=alpha,
                    preprocess=pp, device=device)
