@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -43,6 +44,7 @@ class TorchModel:
     # max |ORT - torch| / max(1, max |logit|): float32 cannot resolve 1e-4 on logits of 1e4
     parity_rel: float = float("nan")
     channels_last: bool = False   # 4-D weights stored channels-last (see to_torch)
+    notes: list[str] = field(default_factory=list)   # rewrites made for conversion only
 
     def submodule(self, node_name: str) -> nn.Module:
         return self.module.get_submodule(self.node_modules[node_name])
@@ -67,24 +69,55 @@ def logits_graph(am: AuditModel) -> onnx.ModelProto:
     del m.graph.output[:]
     m.graph.output.extend(keep)
     m, _ = P.strip_output_softmax(m, P.PassContext())
-    _remove_dead_nodes(m)  # e.g. skl2onnx's label branch (ArgMax, ai.onnx.ml ops)
+    P.remove_dead_nodes(m)  # e.g. skl2onnx's label branch (ArgMax, ai.onnx.ml ops)
     if m.ir_version < 4:  # IR 3 requires initializers listed as inputs; we removed them
         m.ir_version = 4
     return m
 
 
-def _remove_dead_nodes(m: onnx.ModelProto) -> None:
-    """Drop nodes (and initializers) the graph outputs do not depend on; in place."""
-    needed = {o.name for o in m.graph.output}
-    keep = []
-    for n in reversed(m.graph.node):
-        if any(o in needed for o in n.output):
-            keep.append(n)
-            needed.update(i for i in n.input if i)
-    if len(keep) != len(m.graph.node):
-        del m.graph.node[:]
-        m.graph.node.extend(reversed(keep))
-        P._remove_unused_initializers(m)
+# ai.onnx opsets tried, in order, for a graph whose op versions onnx2torch has no converter for
+UPGRADE_OPSETS = (13, 17, 11)
+
+
+def convertible_graph(am: AuditModel) -> tuple[onnx.ModelProto, list[str]]:
+    """The logits graph, upgraded to a newer opset when that is what conversion needs.
+
+    Old exports (opset 7-8: MaxPool-1, BatchNormalization-6, Upsample) use op versions onnx2torch
+    does not register. onnx.version_converter rewrites them; the initializers keep their names,
+    so trained weights go back into the original graph, which keeps its own opset.
+    """
+    graph = logits_graph(am)
+    missing = missing_converters(graph)
+    if not missing:
+        return graph, []
+    tried = []
+    for target in (t for t in UPGRADE_OPSETS if t > P.opset(graph)):
+        try:
+            up = P.upgrade_opset(graph, target)
+        except P.PassError as exc:
+            tried.append(str(exc))
+            continue
+        if missing_converters(up):
+            continue
+        if not _same_logits(am, graph, up):
+            tried.append(f"the graph upgraded to opset {target} computes other scores")
+            continue
+        return up, [f"opset {P.opset(graph)} upgraded to {target} by onnx.version_converter for the "
+                    "conversion to torch"]
+    raise ConversionError(f"onnx2torch cannot convert {missing[0]}"
+                          + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+                          + (f"; {tried[0]}" if tried else ""))
+
+
+def _same_logits(am: AuditModel, a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    x = random_input(am.info, 3)
+    try:
+        ra = make_session(_runnable(a), am.device).run(None, {am.info.input_name: x})[0]
+        rb = make_session(_runnable(b), am.device).run(None, {am.info.input_name: x})[0]
+    except Exception as exc:
+        log.debug("upgraded graph does not run: %s", exc)
+        return False
+    return ra.shape == rb.shape and bool(np.allclose(ra, rb, atol=PARITY_ATOL, rtol=1e-4))
 
 
 def to_torch(am: AuditModel, x_check: np.ndarray | None = None, *, atol: float = PARITY_ATOL,
@@ -98,20 +131,22 @@ def to_torch(am: AuditModel, x_check: np.ndarray | None = None, *, atol: float =
     register_aliases()
     if am.fixed_batch:
         raise ConversionError("the graph's batch size is fixed and could not be made dynamic")
-    graph = logits_graph(am)
-    missing = missing_converters(graph)
-    if missing:
-        raise ConversionError(f"onnx2torch cannot convert {missing[0]}"
-                              + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+    graph, notes = convertible_graph(am)
     try:
-        module = o2t_convert(_runnable(graph))
+        # onnx2torch warns where its modules might differ from ONNX; the parity check below
+        # measures whether they do, so the warnings go to the debug log, not to stderr
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = o2t_convert(_runnable(graph))
+        for w in caught:
+            log.debug("onnx2torch: %s", w.message)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConversionError(f"onnx2torch failed: {msg[:300]}") from None
     module.eval()
     node_modules = {n.name: OnnxGraph.generate_node_name(n).replace("/", "/") for n in graph.graph.node}
     node_modules = {k: v for k, v in node_modules.items() if _has_submodule(module, v)}
-    tm = TorchModel(module=module, graph=graph, source=am, bindings=[], node_modules=node_modules)
+    tm = TorchModel(module=module, graph=graph, source=am, bindings=[], node_modules=node_modules, notes=notes)
     tm.bindings = _bind(tm)
     for b in tm.bindings:  # onnx2torch leaves some weights as non-leaf/non-contiguous views
         t = getattr(tm.module.get_submodule(b.module), b.attr)
@@ -176,6 +211,8 @@ def _bind(tm: TorchModel) -> list[ParamBinding]:
             out.append(ParamBinding(full, "weight", node.input[1], _same))
             if len(node.input) > 2 and node.input[2]:
                 out.append(ParamBinding(full, "bias", node.input[2], _same))
+        elif node.op_type == "MatMul" and isinstance(mod, nn.Linear):   # audit.converters.ops.matmul
+            out.append(ParamBinding(path, "weight", node.input[1], _transpose))
         elif node.op_type == "Gemm" and isinstance(mod, nn.Linear):
             alpha = P.attr(node, "alpha", 1.0)
             beta = P.attr(node, "beta", 1.0)
@@ -192,6 +229,10 @@ def _bind(tm: TorchModel) -> list[ParamBinding]:
 
 def _same(v: np.ndarray) -> np.ndarray:
     return v
+
+
+def _transpose(v: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(v.T)
 
 
 def ort_logits(tm: TorchModel, x: np.ndarray, *, optimize: bool = True) -> np.ndarray:

@@ -63,7 +63,7 @@ def analyse(model: onnx.ModelProto, where: str = "model") -> ModelInfo:
     layout, c, h, w = infer_layout(model, inp.name, dims, where)
     fixed = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
 
-    out, k = _class_output(model, where)
+    out, k = _class_output(model, where, fixed)
     kind = output_kind(model, out.name)
     return ModelInfo(
         producer=" ".join(x for x in (model.producer_name, model.producer_version) if x),
@@ -114,12 +114,15 @@ def _perm(node: onnx.NodeProto):
     return []
 
 
-def _class_output(model: onnx.ModelProto, where: str) -> tuple[onnx.ValueInfoProto, int]:
+def _class_output(model: onnx.ModelProto, where: str, batch: int | None
+                  ) -> tuple[onnx.ValueInfoProto, int]:
     for out in model.graph.output:
         t = out.type.tensor_type
         if t.elem_type not in FLOAT_TYPES:
             continue
         dims = _dims(out)
+        if dims and isinstance(dims[0], int) and dims[0] != (batch or 1):
+            continue  # rows that are not the images of the batch
         if len(dims) == 2 and isinstance(dims[1], int) and dims[1] >= 2:
             return out, dims[1]
         if len(dims) == 2 or not dims:

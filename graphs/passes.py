@@ -34,6 +34,7 @@ class PassError(ModelError):
 class PassContext:
     provenance: Provenance = field(default_factory=dict)
     applied: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # assumptions a pass made, for `inspect`
 
     def origin(self, name: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
         return self.provenance.get(name, (name, _identity))
@@ -569,3 +570,236 @@ def explicit_pads(model: onnx.ModelProto, ctx: PassContext):
         set_attr(n, "auto_pad", "NOTSET")
         set_attr(n, "pads", begins + ends)
     return m, True
+
+
+# ---------------------------------------------------------------- the class-score output
+_LABEL_PATH = ("Cast", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "ArrayFeatureExtractor")
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.STRING}
+
+
+def expose_scores(model: onnx.ModelProto, ctx: PassContext):
+    """Make the graph end in one float [N, K] class-score output where it ends otherwise.
+
+    - scikit-learn's ZipMap (a sequence of maps) is cut at the probability tensor that feeds it;
+    - a label output (ArgMax, then ArrayFeatureExtractor/Cast/Reshape) is cut before its ArgMax
+      when no score output exists, and dropped when one does;
+    - scores without a batch axis ([K], [1,1,K], [1,K,1,1], [N,K,1,1]) get a Reshape to [-1, K].
+    What was assumed is appended to ``ctx.notes``.
+    """
+    g = model.graph
+    if len(g.output) == 1 and _is_batch_scores(g.output[0]):
+        return model, False
+    m = copy_model(model)
+    prods = producers(m)
+    scores: list[tuple[str, str]] = []   # (tensor, why)
+    zipmap_classes = None
+    for o in m.graph.output:
+        node = prods.get(o.name)
+        if node is not None and node.op_type == "ZipMap":
+            scores.append((node.input[0], f"output {o.name!r} is a ZipMap: cut at its input {node.input[0]!r}"))
+            labels = attr(node, "classlabels_int64s") or attr(node, "classlabels_strings") or []
+            zipmap_classes = len(labels) or None
+        elif o.type.HasField("tensor_type") and o.type.tensor_type.elem_type not in _INT_TYPES:
+            scores.append((o.name, ""))
+    if not scores:
+        for o in m.graph.output:
+            src = _argmax_input(o.name, prods)
+            if src is not None:
+                scores.append((src, f"output {o.name!r} holds labels: cut before its ArgMax at {src!r}"))
+    if len(scores) != 1:
+        return model, False   # analyse() names the problem
+    name, why = scores[0]
+    shape = _tensor_shape(m, name)
+    if zipmap_classes and (shape is None or len(shape) != 2 or not isinstance(shape[1], int)):
+        shape = [_input_batch(m), zipmap_classes]   # ai.onnx.ml ops carry no shapes
+    k = _squeezed_classes(shape, _input_batch(m))
+    if shape is not None and len(shape) == 2 and k is None and not why:
+        return model, False
+    notes = [why] if why else []
+    if k is not None and not (len(shape) == 2 and shape[1] == k):
+        new = _unique(m, name + "_scores")
+        target = _unique(m, "scores_shape")
+        m.graph.initializer.append(numpy_helper.from_array(np.array([-1, k], np.int64), target))
+        m.graph.node.append(helper.make_node("Reshape", [name, target], [new], name=_unique(m, "scores_reshape")))
+        notes.append(f"scores {list(shape)} taken as {k} classes per image (reshaped to [N, {k}])")
+        name, shape = new, [_input_batch(m), k]
+    elem = _elem_type(m, name) or onnx.TensorProto.FLOAT
+    out = helper.make_tensor_value_info(name, elem, list(shape) if shape is not None else None)
+    del m.graph.output[:]
+    m.graph.output.append(out)
+    remove_dead_nodes(m)
+    ctx.notes.extend(notes)
+    return m, True
+
+
+def _is_batch_scores(o: onnx.ValueInfoProto) -> bool:
+    t = o.type.tensor_type if o.type.HasField("tensor_type") else None
+    if t is None or t.elem_type in _INT_TYPES or not t.HasField("shape") or len(t.shape.dim) != 2:
+        return False
+    d = t.shape.dim
+    return not (d[0].HasField("dim_value") and d[0].dim_value not in (1,)) and d[1].dim_value >= 2
+
+
+def _argmax_input(name: str, prods: dict[str, onnx.NodeProto]) -> str | None:
+    node = prods.get(name)
+    while node is not None and node.op_type in _LABEL_PATH:
+        src = node.input[1] if node.op_type == "ArrayFeatureExtractor" else node.input[0]
+        node = prods.get(src)
+    return node.input[0] if node is not None and node.op_type == "ArgMax" else None
+
+
+def _input_batch(model: onnx.ModelProto):
+    inits = {t.name for t in model.graph.initializer}
+    for i in model.graph.input:
+        if i.name not in inits:
+            d = i.type.tensor_type.shape.dim
+            if d and d[0].HasField("dim_value"):
+                return d[0].dim_value
+            return (d[0].dim_param if d and d[0].dim_param else "N")
+    return "N"
+
+
+def _squeezed_classes(shape, batch) -> int | None:
+    """K when a score tensor of this shape holds K >= 2 scores per image in a non-[N, K] form."""
+    if not shape or any(d is None or isinstance(d, str) for d in shape[1:]):
+        return None
+    first = shape[0]
+    if len(shape) == 1:
+        return first if isinstance(first, int) and first >= 2 and batch == 1 else None
+    if isinstance(first, int) and first != 1:
+        return None
+    rest = [d for d in shape[1:] if d != 1]
+    if len(rest) != 1 or rest[0] < 2:
+        return None
+    return rest[0] if len(shape) > 2 else None
+
+
+def _tensor_shape(model: onnx.ModelProto, name: str):
+    vis = list(model.graph.output) + list(model.graph.value_info)
+    try:
+        vis += list(onnx.shape_inference.infer_shapes(model).graph.value_info)
+    except Exception:
+        pass
+    for vi in vis:
+        if vi.name == name and vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in vi.type.tensor_type.shape.dim]
+            if dims:
+                return dims
+    return None
+
+
+def _elem_type(model: onnx.ModelProto, name: str) -> int | None:
+    for vi in list(model.graph.output) + list(model.graph.value_info):
+        if vi.name == name and vi.type.HasField("tensor_type"):
+            return vi.type.tensor_type.elem_type
+    return None
+
+
+def remove_dead_nodes(m: onnx.ModelProto) -> None:
+    """Drop nodes (and initializers) that no graph output depends on; in place."""
+    needed = {o.name for o in m.graph.output}
+    keep = []
+    for n in reversed(m.graph.node):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(i for i in n.input if i)
+    if len(keep) != len(m.graph.node):
+        del m.graph.node[:]
+        m.graph.node.extend(reversed(keep))
+        _remove_unused_initializers(m)
+
+
+# ---------------------------------------------------------------- old opsets
+# attributes later versions of an op dropped without changing what the op computes
+_LEGACY_ATTRIBUTES = {"is_test": None, "consumed_inputs": None, "spatial": 1}
+# the oldest ai.onnx opset onnxruntime runs
+ORT_MIN_OPSET = 7
+
+
+def drop_legacy_attributes(model: onnx.ModelProto, ctx: PassContext):
+    """Old exporters (CNTK) keep `is_test`, `consumed_inputs` or `spatial=1` on ops whose schema at
+    the model's opset no longer has them; onnxruntime refuses such nodes, though the attributes
+    change nothing there. Dropped; any other unknown attribute is left for the runtime to name."""
+    version = opset(model)
+    m = copy_model(model)
+    dropped = []
+    for n in m.graph.node:
+        if n.domain not in ("", "ai.onnx") or not any(a.name in _LEGACY_ATTRIBUTES for a in n.attribute):
+            continue
+        try:
+            known = set(onnx.defs.get_schema(n.op_type, version, "").attributes)
+        except Exception:
+            continue
+        for a in list(n.attribute):
+            keep_if = _LEGACY_ATTRIBUTES.get(a.name, "no")
+            if a.name in _LEGACY_ATTRIBUTES and a.name not in known and (
+                    keep_if is None or helper.get_attribute_value(a) == keep_if):
+                n.attribute.remove(a)
+                dropped.append(f"{n.op_type}.{a.name}")
+    if not dropped:
+        return model, False
+    ctx.notes.append(f"attributes unknown at opset {version} dropped: {', '.join(sorted(set(dropped)))}")
+    return m, True
+
+
+def upgrade_old_opset(model: onnx.ModelProto, ctx: PassContext):
+    """A graph older than onnxruntime's oldest opset is run at that opset (onnx.version_converter);
+    the user's graph, and the model written back, keep their own opset."""
+    version = opset(model)
+    if version >= ORT_MIN_OPSET:
+        return model, False
+    up = upgrade_opset(model, ORT_MIN_OPSET)
+    ctx.notes.append(f"opset {version} upgraded to {ORT_MIN_OPSET} by onnx.version_converter "
+                     "(onnxruntime runs opset 7 and later)")
+    return up, True
+
+
+# ---------------------------------------------------------------- opset upgrade for conversion
+def _static_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Symbolic dims of the graph inputs and outputs set to 1; no value_info."""
+    m = copy_model(model)
+    del m.graph.value_info[:]
+    for vi in list(m.graph.input) + list(m.graph.output):
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.dim_value = 1
+    return m
+
+
+def _restore_dims(up: onnx.ModelProto, src: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph input and output types of src put back on a graph converted with static dims."""
+    types = {vi.name: vi.type for vi in list(src.graph.input) + list(src.graph.output)}
+    del up.graph.value_info[:]
+    for vi in list(up.graph.input) + list(up.graph.output):
+        if vi.name in types:
+            vi.type.CopyFrom(types[vi.name])
+    return up
+
+def upgrade_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    """The graph at ai.onnx opset ``target`` through onnx.version_converter.
+
+    Initializers keep their names and values (checked), so weights trained on the upgraded
+    graph still belong to the original initializers; nodes the converter adds are named.
+    """
+    src = model
+    if src.ir_version < 4:  # IR 3 wants every initializer listed as an input too
+        src = set_ir_version(model, 4)
+    try:
+        try:
+            up = onnx.version_converter.convert_version(src, target)
+        except Exception:  # some adapters (opset 6 -> 7 broadcasting) want static dims
+            up = _restore_dims(onnx.version_converter.convert_version(_static_dims(src), target), src)
+    except Exception as exc:
+        raise PassError(f"onnx cannot upgrade opset {opset(model)} to {target}: "
+                        f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}") from None
+    before = initializers(model)
+    for t in up.graph.initializer:
+        old = before.get(t.name)
+        if old is not None and numpy_helper.to_array(old).tobytes() != numpy_helper.to_array(t).tobytes():
+            raise PassError(f"opset upgrade to {target} changed initializer {t.name!r}")
+    wanted = helper.find_min_ir_version_for([helper.make_opsetid("", target)])
+    up.ir_version = max(model.ir_version, min(wanted, 10))
+    up, _ = name_graph_and_nodes(up, PassContext())
+    up, _ = lift_constants(up, PassContext())
+    return up

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from audit.cli import data_options, emit_json, preprocess_from
+from audit.cli import data_options, emit_json, preflight, preprocess_from
 from audit.errors import AuditError, ConversionError
 
 
 @click.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(), default=None, help="Labelled data: accuracy and parity.")
-@click.option("--limit", type=int, default=None, help="Use at most this many images of --data.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use at most this many images of --data.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @data_options
 def inspect(model, data, limit, as_json, device, **kw):
@@ -21,6 +21,7 @@ def inspect(model, data, limit, as_json, device, **kw):
     from audit.graphs.probe import find_probe_layers
     from audit.session import data_for
 
+    preflight(device, models=[model], data=[data] if data else [], files=[kw["input_spec"]])
     pp = preprocess_from(kw)
     am = AuditModel.load(model, device=device)
     info = am.info
@@ -31,6 +32,7 @@ def inspect(model, data, limit, as_json, device, **kw):
         "layout": info.layout, "channels": info.channels, "height": info.height,
         "width": info.width, "num_classes": info.num_classes, "output_kind": info.output_kind,
         "fixed_batch": am.fixed_batch, "rewrites": list(am.ctx.applied),
+        "assumptions": list(am.ctx.notes),
         "probe_layers": [layer.to_dict() for layer in layers],
         "convertible": False, "conversion_error": None, "parity_max_abs": None,
         "parity_rel": None, "accuracy": None, "n": None,
@@ -47,6 +49,7 @@ def inspect(model, data, limit, as_json, device, **kw):
         report["convertible"] = True
         report["parity_max_abs"] = tm.parity_max_abs
         report["parity_rel"] = tm.parity_rel
+        report["assumptions"] += tm.notes
     except ConversionError as exc:
         report["conversion_error"] = str(exc)
     if as_json:
@@ -54,7 +57,9 @@ def inspect(model, data, limit, as_json, device, **kw):
     else:
         _print(report)
     if not layers:
-        raise AuditError(f"{model}: no Conv, Gemm or MatMul layer to audit")
+        ml = sorted({n.op_type for n in am.scored.graph.node if n.domain == "ai.onnx.ml"})
+        why = f" (its scores come from {', '.join(ml)}, which has no tensor weights to train)" if ml else ""
+        raise AuditError(f"{model}: no Conv, Gemm or MatMul layer to audit{why}")
     if not report["convertible"]:
         raise AuditError(f"{model}: cannot be converted to torch: {report['conversion_error']}")
     return 0
@@ -70,6 +75,8 @@ def _print(r: dict) -> None:
     e(f"classes      {r['num_classes']}   output: {r['output_kind']}")
     if r["rewrites"]:
         e(f"rewrites     {', '.join(r['rewrites'])}")
+    for note in r["assumptions"]:
+        e(f"assumed      {note}")
     e("probe layers")
     for layer in r["probe_layers"]:
         tag = "  (output)" if layer["is_output"] else ""
