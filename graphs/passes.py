@@ -710,6 +710,38 @@ def remove_dead_nodes(m: onnx.ModelProto) -> None:
         _remove_unused_initializers(m)
 
 
+# ---------------------------------------------------------------- float16 / double models
+NARROW_OR_WIDE = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16",
+                  onnx.TensorProto.DOUBLE: "float64"}
+
+
+def compute_in_float32(model: onnx.ModelProto, ctx: PassContext):
+    """A float16, bfloat16 or float64 model is handled in float32: its float initializers,
+    constants, casts and tensor types become float32 (same names). Write-back casts the trained
+    weights to the original initializers' types."""
+    inits = initializers(model)
+    data = [i for i in model.graph.input if i.name not in inits]
+    if len(data) != 1 or data[0].type.tensor_type.elem_type not in NARROW_OR_WIDE:
+        return model, False
+    kind = NARROW_OR_WIDE[data[0].type.tensor_type.elem_type]
+    m = copy_model(model)
+    for i, t in enumerate(m.graph.initializer):
+        if t.data_type in NARROW_OR_WIDE:
+            m.graph.initializer[i].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+    for vi in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type in NARROW_OR_WIDE:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    for n in m.graph.node:
+        if n.op_type == "Cast" and attr(n, "to") in NARROW_OR_WIDE:
+            set_attr(n, "to", onnx.TensorProto.FLOAT)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in NARROW_OR_WIDE:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
+    ctx.notes.append(f"a {kind} model: computed in float32, weights written back as {kind}")
+    return m, True
+
+
 # ---------------------------------------------------------------- old opsets
 # attributes later versions of an op dropped without changing what the op computes
 _LEGACY_ATTRIBUTES = {"is_test": None, "consumed_inputs": None, "spatial": 1}

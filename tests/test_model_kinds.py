@@ -252,3 +252,17 @@ def test_matmul_on_a_3d_tensor_is_a_trainable_layer(tmp_path, capsys, subset):
     out = onnx.load(str(tmp_path / "out.onnx"))
     wb = numpy_helper.to_array(next(t for t in out.graph.initializer if t.name == "Wd"))
     assert wb.shape == (64, 16) and not np.array_equal(wa, wb)
+
+
+# ---------------------------------------------------------------- float16 models
+def test_float16_model_computes_in_float32_and_keeps_its_type(tmp_path, capsys, subset):
+    nodes, inits = conv_head()
+    tail, tinits = dense_tail("r", 8 * 8 * 8)
+    inits = [numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name) for t in inits + tinits]
+    g = helper.make_graph(nodes + tail, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 1, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", K])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    check_kind(tmp_path, capsys, subset, m, note="float16 model")
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    assert {t.data_type for t in out.graph.initializer} == {TensorProto.FLOAT16}
+    assert out.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
