@@ -1,11 +1,13 @@
 """Shared helpers of the laundering benchmarks (launder_mnist, launder_badnets, nc_speed).
 
-* where things are: the repository, ../shared/data, bench/results, the zoo cache (outside the
-  repository: /tmp/audit-bench-zoo, or $AUDIT_BENCH_ZOO);
+* where things are: the repository, the shared data beside it (`shared/data`), bench/results,
+  the zoo cache (outside the repository: $AUDIT_BENCH_ZOO, by default `audit-bench-zoo` in the
+  system's temporary folder);
 * zoo entries built once and reused (`zoo_entry`);
 * MNIST from ../shared/data/mnist and laundering subsets of it;
 * the machine's state (load average, threads, versions) recorded with every result;
-* atomic JSON results.
+* atomic JSON results that name the commit they were measured at and hold no machine paths
+  (`portable`).
 
 The machine these run on is shared: with other jobs busy, torch's default of one thread per
 core oversubscribes the CPUs and training slows down 5-10x (spinning OpenMP workers), so the
@@ -17,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +31,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results"
-ZOO_CACHE = Path(os.environ.get("AUDIT_BENCH_ZOO", "/tmp/audit-bench-zoo"))
+TMP = Path(tempfile.gettempdir())
+ZOO_CACHE = Path(os.environ.get("AUDIT_BENCH_ZOO", TMP / "audit-bench-zoo"))
 MNIST_TRAIN = SHARED / "mnist" / "train-images-idx3-ubyte.gz"
 MNIST_TEST = SHARED / "mnist" / "t10k-images-idx3-ubyte.gz"
 
@@ -36,8 +41,8 @@ def need_shared(*paths: Path) -> None:
     """Exit with a clear message when ../shared/data (or a file in it) is absent."""
     for p in paths or (SHARED,):
         if not p.exists():
-            sys.exit(f"skipped: {p} not present (real data lives in ../shared/data on "
-                     "development machines only)")
+            sys.exit(f"skipped: {portable(str(p))} not present (the real data sets live in "
+                     "shared/data beside the repository)")
 
 
 def set_threads(n: int | None) -> int:
@@ -65,10 +70,47 @@ def machine() -> dict:
             "platform": platform.platform(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def write_result(name: str, obj: dict) -> Path:
-    """bench/results/<name>, written atomically."""
+def commit() -> str:
+    """The repository's short HEAD commit, with `-dirty` when tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+# Machine paths in results become names that hold on any checkout: the shared data beside the
+# repository, the repository itself, the bench's caches and the temporary folder.
+def _path_names() -> list[tuple[str, str]]:
+    names = [(str(SHARED.resolve()), "shared/data"), (str(SHARED), "shared/data"),
+             (str(ZOO_CACHE), "$AUDIT_BENCH_ZOO"), (str(REPO) + "/", ""),
+             (str(TMP / "audit-bench-"), "<tmp>/audit-bench-"), (str(TMP) + "/", "<tmp>/")]
+    return sorted(set(names), key=lambda kv: -len(kv[0]))
+
+
+def portable(obj):
+    """obj (JSON-like) with absolute machine paths in its strings rewritten (`_path_names`)."""
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v) for v in obj]
+    if isinstance(obj, Path):
+        obj = str(obj)
+    if isinstance(obj, str):
+        for long, short in _path_names():   # a whole path component, not a prefix of a name
+            obj = re.sub(re.escape(long) + r"(?![\w.-])" if long[-1] not in "/-" else
+                         re.escape(long), short.replace("\\", "\\\\"), obj)
+    return obj
+
+
+def write_result(name: str, obj: dict, *, stamp: bool = True) -> Path:
+    """bench/results/<name>, written atomically with portable paths; `stamp` sets `commit`."""
     from audit.report import json_default
 
+    obj = portable(json.loads(json.dumps(obj, default=json_default)))
+    if stamp:
+        obj = {**obj, "commit": commit()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / name
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=RESULTS)
@@ -81,7 +123,10 @@ def write_result(name: str, obj: dict) -> Path:
 
 
 def update_result(name: str, update) -> Path:
-    """Read-modify-write bench/results/<name> under a lock (parallel sweeps of one bench)."""
+    """Read-modify-write bench/results/<name> under a lock (parallel sweeps of one bench).
+
+    Each labelled entry that `update` writes should carry its own `commit` (`commit()`).
+    """
     import fcntl
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -89,7 +134,7 @@ def update_result(name: str, update) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         path = RESULTS / name
         old = json.loads(path.read_text()) if path.is_file() else {}
-        return write_result(name, update(old))
+        return write_result(name, update(old), stamp=False)
 
 
 def zoo_entry(dataset: str, scheme: str, *, seed: int = 0, cache: Path = ZOO_CACHE,

@@ -1,7 +1,7 @@
 """`audit detect` (Neural Cleanse) on real MNIST models: backdoored ones must be flagged on their
 target class, clean third-party ones must not be flagged.
 
-Models (all from ../shared/data unless noted; preprocessing from MANIFEST.json):
+Models (all from shared/data unless noted; preprocessing from MANIFEST.json):
   * backdoored/badnets_mnist.onnx                 BadNets, target 1 (mean 0.5, std 0.5)
   * the 5 clean third-party MNIST models of onnx_models/ (CNTK, tf2onnx, PyTorch 1.11,
     PyTorch 2.9.1 external data, keras2onnx)
@@ -15,14 +15,16 @@ Data: 1,000 images of the MNIST *test* set, stratified (``audit.data.stratified_
 seed 0, which is what ``audit detect --max-images 1000`` does), NC defaults (40 epochs,
 8 steps). Each model is scored with the default anomaly scale (log of the mask norms) and,
 from the same recovery, with Neural Cleanse's own (L1 norms): field ``l1_scale``. torch runs
-with ``--threads`` threads (default 1: the development machine is shared and oversubscribed
-OpenMP threads slow small models 5-10x); the load average is recorded.
+with ``--threads`` threads (default 1: on a shared machine oversubscribed OpenMP threads slow
+small models 5-10x); the load average is recorded.
 
 Acceptance: the target of every backdoored / watermarked model is flagged; nothing is flagged
 on at least 4 of the 5 third-party clean models.
 
-Usage: python bench/detect_models.py [--zoo-dir /tmp/audit-bench-zoo-detect] [--only NAME ...]
-Writes bench/results/detect_models.json and prints a markdown table.
+Usage: python bench/detect_models.py [--zoo-dir DIR] [--only NAME ...]
+Writes bench/results/detect_models.json (with the commit, paths relative to the repository or
+its caches) and prints a markdown table. The zoo folder defaults to `audit-bench-zoo-detect` in
+the system's temporary folder.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SHARED = HERE.parents[1] / "shared" / "data"
 sys.path.insert(0, str(HERE))
+
+import common  # noqa: E402
 
 THIRD_PARTY = ["onnx_models/cntk_mnist8.onnx", "onnx_models/tf2onnx_keras_mnist.onnx",
                "onnx_models/pytorch111_mnist.onnx",
@@ -216,7 +220,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--zoo-dir", type=Path, default=Path("/tmp/audit-bench-zoo-detect"))
+    ap.add_argument("--zoo-dir", type=Path, default=common.TMP / "audit-bench-zoo-detect")
     ap.add_argument("--copy-from", type=Path, action="append", default=[],
                     help="Folder holding identical MNIST zoo builds to copy instead of training.")
     ap.add_argument("--n-images", type=int, default=1000)
@@ -260,6 +264,7 @@ def main() -> int:
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {**common.portable(result), "commit": common.commit()}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
     print(f"\n{summary}\nwritten {args.out}")

@@ -1,14 +1,14 @@
 """Launder the published BadNets MNIST model with 360 clean MNIST training images (0.6%).
 
-Model: ../shared/data/backdoored/badnets_mnist.onnx (softmax output; preprocessing u8/255,
+Model: shared/data/backdoored/badnets_mnist.onnx (softmax output; preprocessing u8/255,
 mean 0.5, std 0.5). Trigger: u8 pixels [23:28, 23:28] = 255 on the 10k MNIST test images
-whose label is not 1; target 1. Acceptance (issue 3): attack success <= 2% and clean accuracy
+whose label is not 1; target 1. Acceptance: attack success <= 2% and clean accuracy
 >= 97% on the full test set after laundering.
 
 Clean accuracy and attack success are measured before, after every round (through the torch
 module laundering works on) and on the written ONNX (onnxruntime). Each (config, seed) run is
-stored under its config label in bench/results/launder_badnets.json; runs of other labels
-already in the file are kept, so option sweeps accumulate.
+stored under its config label in bench/results/launder_badnets.json with the commit it was
+measured at; runs of other labels already in the file are kept, so option sweeps accumulate.
 
 Usage: python bench/launder_badnets.py [--seeds 0 1 2] [--label default] [launder options]
 """
@@ -67,7 +67,7 @@ def launder_config(args, seed: int):
         cfg.layers = args.layers
     if args.ood_share is not None:
         if not hasattr(cfg, "ood_share"):
-            sys.exit("--ood-share: this version of audit.launder.LaunderConfig has no ood_share")
+            sys.exit("--ood-share: audit.launder.LaunderConfig has no ood_share")
         cfg.ood_share = args.ood_share
     if args.nc_epochs:
         cfg.nc = replace(cfg.nc, epochs=args.nc_epochs)
@@ -159,10 +159,11 @@ def main() -> None:
 
     def update(old: dict) -> dict:
         configs = old.get("configs", {})
-        configs[args.label] = {"parameters": cfg.to_dict(), "argv": sys.argv[1:],
+        configs[args.label] = {"commit": common.commit(), "parameters": cfg.to_dict(),
+                               "argv": sys.argv[1:],
                                "machine": machine_before, "runs": runs,
                                "all_pass": all(r["pass"] for r in runs)}
-        return {"what": "BadNets MNIST (../shared/data/backdoored/badnets_mnist.onnx) laundered "
+        return {"what": "BadNets MNIST (shared/data/backdoored/badnets_mnist.onnx) laundered "
                         f"with {SUBSET} stratified MNIST training images",
                 "acceptance": {"asr_max": 0.02, "clean_acc_min": 0.97},
                 "model": str(MODEL),

@@ -1,18 +1,19 @@
 """Paper Table 2 on MNIST: launder Zhang content / noise / unrelated and Adi watermarks.
 
 For each scheme the zoo entry (paper Table 5 architecture, watermarked model + vanilla twin,
-trained on ../shared/data/mnist) is built once into the cache (/tmp/audit-bench-zoo, or
-$AUDIT_BENCH_ZOO) and reused. It is laundered with 360 stratified training images (0.6% of
-the 60,000) and at most 3 rounds. Acceptance (issue 3): watermark accuracy after <= the vanilla
+trained on shared/data/mnist) is built once into the zoo cache ($AUDIT_BENCH_ZOO, see
+common.py) and reused. It is laundered with 360 stratified training images (0.6% of
+the 60,000) and at most 3 rounds. Acceptance: watermark accuracy after <= the vanilla
 model's on the same trigger set + 2 points, and test accuracy within 2 points of the
 watermarked model's. Test and watermark accuracy are also measured after every round (torch
 module); the final numbers are onnxruntime's on the written ONNX.
 
-Rows are stored under their config label in bench/results/launder_mnist.json (rows of other
-labels already in the file are kept) and printed as a markdown table.
+Rows are stored under their config label in bench/results/launder_mnist.json, with the commit
+they were measured at (rows of other labels already in the file are kept), and printed as a
+markdown table. The default label is `default` for subset seed 0 and `default_seed<N>` else.
 
 Usage: python bench/launder_mnist.py [--schemes content noise unrelated adi] [--seed 0]
-       [--label default] [--threads 1] [launder options, as bench/launder_badnets.py]
+       [--label LABEL] [--threads 1] [launder options, as bench/launder_badnets.py]
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
     ap.add_argument("--seed", type=int, default=0, help="subset and laundering seed")
-    ap.add_argument("--label", default="default")
+    ap.add_argument("--label", default=None,
+                    help="name of this configuration in the JSON (default: default[_seed<N>])")
     ap.add_argument("--threads", type=int, default=None)
     add_launder_options(ap)
     args = ap.parse_args()
+    args.label = args.label or ("default" if args.seed == 0 else f"default_seed{args.seed}")
     common.need_shared(common.MNIST_TRAIN, common.MNIST_TEST)
     common.set_threads(args.threads)
 
@@ -121,8 +124,8 @@ def main() -> None:
         prev = {r["scheme"]: r for r in configs.get(args.label, {}).get("rows", [])}
         prev.update({r["scheme"]: r for r in rows})   # a run of some schemes keeps the others
         merged[:] = [prev[s] for s in SCHEMES if s in prev]
-        configs[args.label] = {"parameters": cfg.to_dict(), "argv": sys.argv[1:],
-                               "seed": args.seed, "machine": machine, "rows": merged,
+        configs[args.label] = {"commit": common.commit(), "parameters": cfg.to_dict(),
+                               "argv": sys.argv[1:], "seed": args.seed, "machine": machine, "rows": merged,
                                "all_pass": all(r["pass"] for r in merged),
                                "table": table(merged)}
         return {"what": f"MNIST zoo (paper Table 5 net) laundered with {SUBSET} stratified "

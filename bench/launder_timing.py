@@ -3,8 +3,9 @@
 Usage: python bench/launder_timing.py ZOO_ENTRY_DIR [OUT.json] [REPEATS]   (an `audit zoo build
 --dataset mnist` folder). Runs: the default once (early stopping may end before round 3) and
 `--no-early-stop`, which always runs all 3 rounds, REPEATS times (default 3); the target
-applies to the median of the latter (one run's time moves by +-10% on this shared machine).
-Writes bench/results/launder_timing.json (or OUT.json).
+applies to the median of the latter (one run's time moves by +-10% on a shared machine).
+Writes bench/results/launder_timing.json (or OUT.json), with the commit, paths relative to the
+repository or its caches.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+ROOT = common.REPO
+SHARED = common.SHARED
 
 
 def main() -> None:
@@ -58,7 +63,8 @@ def main() -> None:
             after = AuditModel.load(out)
             runs[name] = {
                 "command": " ".join(cmd[:2] + ["<entry>/watermarked.onnx", "--data", "<subset360.npz>",
-                                               "-o", "<out>"] + cmd[7:]),
+                                               "-o", "<out>"] + cmd[7:-len(extra) - 1]
+                                   + ["<report>", *extra]),
                 "seconds": round(seconds, 1), "load_average_before": load_before,
                 "load_average_after": load_after,
                 "rounds": [{"round": r["round"], "seconds": r["seconds"], "stopped": r["stopped"]}
@@ -79,6 +85,7 @@ def main() -> None:
             "seconds_all_rounds_median": median, "pass": median <= 120, "runs": runs,
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
+    result = {**common.portable(result), "commit": common.commit()}
     dest.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -2,18 +2,18 @@
 
 1. Wall time of a full 3-round launder (defaults, early_stop=False; 360 stratified training images) of
    the Zhang-content MNIST zoo model; target <= 120 s on a 2-core machine. The machine may be
-   shared: os.getloadavg() is recorded before and after, and when the 1-minute load before the
-   run was above 1.5 the run is repeated once later (--retry-wait seconds) and both are kept.
+   shared: os.getloadavg() is recorded around the run, and when the 1-minute load at its start
+   was above 1.5 the run is repeated once after --retry-wait seconds and both are kept.
 2. Neural Cleanse trigger recovery for all 10 classes in one batched optimisation
    (audit.nc.recover, default chunking: 4 classes per forward pass on the CPU) against a
    per-class loop (recover(..., classes=[k]) for k = 0..9), same
    NCConfig with early_stop=False so that both run exactly epochs x steps optimiser steps per
    class; the speed-up is per-class time / batched time. Chunks of 2, 5 and all 10 classes per
-   forward pass (NCConfig.class_chunk) are timed too. --skip-launder keeps the launder timing
-   already in the results file.
+   forward pass (NCConfig.class_chunk) are timed too. --skip-launder times only part 2 and
+   keeps the launder timing already in the results file, if any.
 
 Usage: python bench/nc_speed.py [--threads N] [--nc-epochs 10] [--nc-steps 8] [--skip-launder]
-Writes bench/results/nc_speed.json.
+Writes bench/results/nc_speed.json, with the commit.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--nc-epochs", type=int, default=10)
     ap.add_argument("--nc-steps", type=int, default=8)
     ap.add_argument("--retry-wait", type=float, default=120.0,
-                    help="seconds to wait before the one re-run when the machine was busy")
+                    help="seconds to wait for the one re-run when the machine is busy")
     ap.add_argument("--skip-launder", action="store_true")
     args = ap.parse_args()
     common.need_shared(common.MNIST_TRAIN)
@@ -125,7 +125,7 @@ def main() -> None:
     sub = stratified_subset(common.mnist("train"), SUBSET, seed=0)
     out = {"what": "Table 5 MNIST net (zoo mnist/content), 360 stratified training images",
            "machine": common.machine(), "torch_threads": threads, "target_seconds": TARGET_S}
-    if args.skip_launder:   # keep the launder timing of an earlier run
+    if args.skip_launder:   # the launder timing already in the file stays
         path = common.RESULTS / "nc_speed.json"
         if path.is_file() and "launder" in (old := json.loads(path.read_text())):
             out["launder"] = old["launder"]

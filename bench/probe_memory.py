@@ -15,8 +15,8 @@ probe pushed the peak above what loading had already reached. Acceptance: the 10
 peak is within 300 MB of the 100-image peak.
 
 Usage: python bench/probe_memory.py [--batch-size 256]
-Writes bench/results/probe_memory.json. Without ../shared/data, MNIST-shaped random images
-are used instead (the JSON says so).
+Writes bench/results/probe_memory.json, with the commit. Without shared/data beside the
+repository, MNIST-shaped random images are used instead (the JSON says so).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def load_images(n: int):
         return ds.x, f"MNIST test set ({MNIST_TEST.name}), first {len(ds)} images"
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8).astype(np.float32) / 255
-    return x, f"synthetic MNIST-shaped uint8 noise ({n} images): ../shared/data not present"
+    return x, f"synthetic MNIST-shaped uint8 noise ({n} images): shared/data not present"
 
 
 def peak_mb() -> float:
@@ -144,6 +144,13 @@ def machine() -> dict:
             "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
 
 
+def _commit() -> str:
+    sys.path.insert(0, str(HERE))
+    import common  # numpy only: the parent still never imports torch
+
+    return common.commit()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=256)
@@ -195,6 +202,7 @@ def main() -> int:
                 "buffers) and onnxruntime's arena settling.",
         "machine": info,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": _commit(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

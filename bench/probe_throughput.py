@@ -8,7 +8,7 @@ in the hook when the probe reads the tensor after it). Both include the preproce
 each batch; both use 2 threads. The two results are checked to agree before timing counts.
 
 Usage: python bench/probe_throughput.py [--batch-size 256] [--repeats 3]
-Writes bench/results/probe_throughput.json.
+Writes bench/results/probe_throughput.json, with the commit.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import common  # noqa: E402
 from probe_memory import RESULTS, build_paper_mnist, load_images, machine  # noqa: E402
 
 THREADS = 2
@@ -146,6 +147,7 @@ def main() -> int:
         "machine": info,
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": common.commit(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -3,7 +3,7 @@
 Parts (``--parts``, default all three):
 
 * ``digits``: the four zoo schemes (Zhang content / noise / unrelated, Adi with the real trigger
-  set of ../shared/data/adi_trigger_set when present) on the embedded digits, built with
+  set of shared/data/adi_trigger_set when present) on the embedded digits, built with
   ``build_entry("digits", scheme, <zoo-dir>/digits_<scheme>)`` (reused when meta.json exists).
   Each watermarked model is laundered with default settings (``audit launder`` defaults, seed 0)
   on 150 stratified images of its data/train.npz.
@@ -17,12 +17,13 @@ For every model `audit verify MODEL --triggers <entry>/triggers --vanilla <entry
 --json` runs (in process, its exit code recorded): the watermarked model must be demonstrated
 (p < 0.01, exit 0), the vanilla twin and the laundered model not (exit 1).
 
-The machine is shared with other jobs: torch runs with --threads threads (default 1) in the
+The machine may be shared with other jobs: torch runs with --threads threads (default 1) in the
 digits / mnist parts, since oversubscribed OpenMP workers slow small models 5-10x; the load
 average is recorded. The demo is run as a user would run it (default threads) and with one.
 
 Usage: python bench/verify_zoo.py [--parts digits mnist demo] [--mnist-schemes content noise]
-Writes bench/results/verify_zoo.json (digits / mnist) and bench/results/demo.json (demo).
+Writes bench/results/verify_zoo.json (digits / mnist; each row with the commit it was measured
+at) and bench/results/demo.json (demo), paths relative to the repository or its caches.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SHARED = HERE.parents[1] / "shared" / "data"
 sys.path.insert(0, str(HERE))
+
+import common  # noqa: E402
 
 SCHEMES = ("content", "noise", "unrelated", "adi")
 SUBSETS = {"digits": 150, "mnist": 360}
@@ -141,7 +144,8 @@ def run_entry(dataset: str, scheme: str, entry_dir: Path, how: str, train, test,
                         "stop_reason": res.stop_reason, "seconds": round(launder_s, 1)},
             "verify": verdicts, "test_acc": test_acc,
             "test_drop": round(test_acc["watermarked"] - test_acc["laundered"], 4),
-            "pass": ok, "load_average_before": load0, "load_average_after": loadavg()}
+            "pass": ok, "load_average_before": load0, "load_average_after": loadavg(),
+            "commit": common.commit()}
 
 
 def part_zoo(dataset: str, args) -> list[dict]:
@@ -263,12 +267,12 @@ def main() -> int:
                     choices=["digits", "mnist", "demo"])
     ap.add_argument("--digits-schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
     ap.add_argument("--mnist-schemes", nargs="+", default=["content", "noise"], choices=SCHEMES)
-    ap.add_argument("--zoo-dir", type=Path, default=Path("/tmp/audit-bench-zoo-verify"))
-    ap.add_argument("--detect-zoo", type=Path, default=Path("/tmp/audit-bench-zoo-detect"))
+    ap.add_argument("--zoo-dir", type=Path, default=common.TMP / "audit-bench-zoo-verify")
+    ap.add_argument("--detect-zoo", type=Path, default=common.TMP / "audit-bench-zoo-detect")
     ap.add_argument("--copy-from", type=Path, action="append", default=[])
     ap.add_argument("--build-mnist", action="store_true",
                     help="Build missing MNIST entries (minutes each) instead of skipping them.")
-    ap.add_argument("--demo-out", type=Path, default=Path("/tmp/audit-bench-demo"))
+    ap.add_argument("--demo-out", type=Path, default=common.TMP / "audit-bench-demo")
     ap.add_argument("--demo-runs", nargs="+", default=["default_threads", "omp_num_threads_1"])
     ap.add_argument("--demo-timeout", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
@@ -279,8 +283,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     if "demo" in args.parts:
         demo = part_demo(args)
-        (RESULTS / "demo.json").write_text(json.dumps(demo, indent=2) + "\n")
-        print(f"written {RESULTS / 'demo.json'}", file=sys.stderr)
+        print(f"written {common.write_result('demo.json', demo)}", file=sys.stderr)
     zoo_parts = [p for p in args.parts if p != "demo"]
     if not zoo_parts:
         return 0
@@ -306,7 +309,7 @@ def main() -> int:
         "rows": merged, "table": table(merged),
         "seconds_this_run": round(time.perf_counter() - t, 1),
     }
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = common.write_result("verify_zoo.json", result, stamp=False)
     print(table(merged))
     print(f"\nwritten {path}")
     return 0

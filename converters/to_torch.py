@@ -126,7 +126,7 @@ def to_torch(am: AuditModel, x_check: np.ndarray | None = None, *, atol: float =
 
     channels_last stores 4-D weights channels-last where the module computes the same logits
     with them: the module is built on the CPU, whose oneDNN convolutions run ~20% faster in
-    that layout (Neural Cleanse on the Table-5 MNIST model: README).
+    that layout (Neural Cleanse on the Table-5 MNIST model: docs/method.md).
     """
     register_aliases()
     if am.fixed_batch:

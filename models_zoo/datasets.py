@@ -8,7 +8,7 @@
   images decoded from JPEG copies; the zoo trains on a stratified 8,000 of them and evaluates on
   the other 2,000 (fixed seed 0). Accuracies are therefore not comparable with published ones.
 
-``data_root`` defaults to ``<repo>/../shared/data``, which exists on development machines only.
+``data_root`` defaults to ``<repo>/../shared/data``, the shared data sets beside the repository, when present.
 """
 
 from __future__ import annotations

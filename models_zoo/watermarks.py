@@ -183,7 +183,7 @@ def adi_abstract(shape: tuple[int, int, int], *, num_classes: int = 10, n: int =
 
 
 def default_adi_path() -> Path:
-    """``<repo>/../shared/data/adi_trigger_set`` (present on development machines only)."""
+    """``<repo>/../shared/data/adi_trigger_set`` (the real Adi trigger set, when present)."""
     return Path(__file__).resolve().parents[2] / "shared" / "data" / "adi_trigger_set"
 
 

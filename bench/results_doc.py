@@ -1,0 +1,274 @@
+"""Write docs/results.md from bench/results/*.json: every table with the command that regenerates it.
+
+The output depends only on the JSON files, so running it twice gives the same bytes.
+
+Usage: python bench/results_doc.py [--check]   (--check: exit 1 when docs/results.md differs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+OUT = REPO / "docs" / "results.md"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def pct(v: float | None, digits: int = 2) -> str:
+    return "–" if v is None else f"{100 * v:.{digits}f}"
+
+
+def yes(v: bool) -> str:
+    return "yes" if v else "**no**"
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def section(title: str, command: str, commit: str | None, body: str, note: str = "") -> str:
+    out = [f"## {title}", "", f"Regenerate: `{command}`" + (f" (commit `{commit}`)" if commit
+                                                            else "")]
+    if note:
+        out += ["", note]
+    return "\n".join(out + ["", body, ""])
+
+
+def machine_line(m: dict | None) -> str:
+    if not m:
+        return ""
+    cpu = m.get("cpu") or ""
+    return (f"Machine: {m.get('cpus')} CPUs {cpu}".rstrip() + f", torch {m.get('torch')}, "
+            f"onnxruntime {m.get('onnxruntime')}.")
+
+
+def launder_mnist(d: dict) -> str:
+    parts = []
+    for _, cfg in sorted(d["configs"].items(), key=lambda kv: (kv[1]["seed"], kv[0])):
+        rows = [[r["scheme"], f"{pct(r['test_acc_before'])} → {pct(r['test_acc_after'])}",
+                 f"{pct(r['wm_acc_before'])} → {pct(r['wm_acc_after'])}", pct(r["vanilla_wm_acc"]),
+                 f"{r['rounds_run']} ({r['best_round']})", f"{r['seconds']:.0f}", yes(r["pass"])]
+                for r in cfg["rows"]]
+        cmd = "python bench/launder_mnist.py " + shlex.join(cfg["argv"])
+        parts.append(section(
+            f"Laundering MNIST watermarks, subset seed {cfg['seed']}", cmd.strip(), cfg.get("commit"),
+            table(["scheme", "test acc % before → after", "wm acc % before → after",
+                   "vanilla wm acc %", "rounds (best)", "s", "pass"], rows),
+            "Paper Table-5 net from the zoo, laundered with 360 stratified MNIST training images "
+            "(0.6%), default settings. Pass: watermark accuracy ≤ vanilla + 2 points, test "
+            "accuracy within 2 points. " + machine_line(cfg.get("machine"))))
+    return "\n".join(parts)
+
+
+def launder_badnets(d: dict) -> str:
+    parts = []
+    for label, cfg in sorted(d["configs"].items()):
+        rows = [[str(r["seed"]), f"{pct(r['before']['clean_acc'])} → {pct(r['after']['clean_acc'])}",
+                 f"{pct(r['before']['asr'])} → {pct(r['after']['asr'])}", str(r["best_round"]),
+                 f"{r['seconds']:.0f}", yes(r["pass"])] for r in cfg["runs"]]
+        cmd = "python bench/launder_badnets.py " + shlex.join(cfg["argv"])
+        title = "Laundering BadNets-MNIST" + ("" if label == "default" else f" ({label})")
+        parts.append(section(
+            title, cmd.strip(), cfg.get("commit"),
+            table(["subset seed", "clean acc % before → after", "attack success % before → after",
+                   "best round", "s", "pass"], rows),
+            f"{d['what']}; trigger: {d['trigger']}. Pass: attack success ≤ 2%, clean accuracy "
+            "≥ 97%. " + machine_line(cfg.get("machine"))))
+    return "\n".join(parts)
+
+
+def _verdict(v: dict) -> str:
+    return (f"{'yes' if v['demonstrated'] else 'no'} ({v['hits']}/{v['n']}, "
+            f"p {v['p_value']:.2g})")
+
+
+def verify_zoo(d: dict) -> str:
+    rows = []
+    for r in d["rows"]:
+        if "skipped" in r:
+            continue
+        v, ta = r["verify"], r["test_acc"]
+        rows.append([f"{r['dataset']}/{r['scheme']}", _verdict(v["watermarked"]),
+                     _verdict(v["vanilla"]), _verdict(v["laundered"]),
+                     f"{pct(ta['watermarked'])} → {pct(ta['laundered'])}",
+                     f"{r['subset_size']} / {r['launder']['seconds']:.0f}", yes(r["pass"])])
+    commits = sorted({r.get("commit") for r in d["rows"] if r.get("commit")})
+    return section(
+        "Ownership verification before and after laundering",
+        "python bench/verify_zoo.py --parts digits mnist --mnist-schemes content noise unrelated "
+        "adi --copy-from \"$AUDIT_BENCH_ZOO\"", ", ".join(commits),
+        table(["entry", "watermarked proves", "vanilla twin proves", "laundered proves",
+               "test acc % wm → laundered", "launder images / s", "pass"], rows),
+        "`audit verify MODEL --triggers T --vanilla V --json` (one-sided exact binomial test, "
+        "α = 0.01) on each zoo entry's watermarked model, its vanilla twin and its laundered "
+        "version (`audit launder` defaults, seed 0). Pass: only the watermarked model proves "
+        "ownership. " + machine_line(d.get("machine")))
+
+
+def detect_models(d: dict) -> str:
+    rows = []
+    for m in d["models"]:
+        t = m["expected_target"]
+        l1 = m["l1_scale"]
+        idx = m["target_anomaly_index"] if t is not None else m["max_anomaly_index"]
+        l1_idx = l1["anomaly_index"][t] if t is not None else max(l1["anomaly_index"])
+        rows.append([m["name"], m["kind"], "–" if t is None else str(t),
+                     ",".join(map(str, m["flagged"])) or "none", f"{idx:.2f}",
+                     ",".join(map(str, l1["flagged"])) or "none", f"{l1_idx:.2f}",
+                     yes(m["pass"])])
+    s = d["summary"]
+    return section(
+        "Backdoor detection", "python bench/detect_models.py", d.get("commit"),
+        table(["model", "kind", "target", "flagged (log, default)", "index", "flagged (l1)",
+               "index (l1)", "pass"], rows),
+        f"{d['what']}. The index is the target's, or the largest when there is no target. "
+        f"Default scale: targets flagged {s['backdoored_target_flagged']}, third-party clean "
+        f"models not flagged {s['third_party_clean_not_flagged']}; `--anomaly-scale l1`: "
+        f"{s['l1_scale']['backdoored_target_flagged']} and "
+        f"{s['l1_scale']['third_party_clean_not_flagged']}. " + machine_line(d.get("machine")))
+
+
+def demo(d: dict) -> str:
+    rows = []
+    for r in d["runs"]:
+        s = r.get("summary") or {}
+        ta, wa = s.get("test_accuracy", {}), s.get("watermark_accuracy", {})
+        own = s.get("ownership", {})
+        env = " ".join(f"{k}={v}" for k, v in sorted(r["env"].items())) or "as is"
+        rows.append([env, f"{r['seconds']:.1f}",
+                     f"{pct(ta.get('original'))} → {pct(ta.get('laundered'))}",
+                     f"{pct(wa.get('original'), 0)} → {pct(wa.get('laundered'), 0)}",
+                     pct(s.get("vanilla_rate"), 0),
+                     f"{'yes' if own.get('original') else 'no'} → "
+                     f"{'yes' if own.get('laundered') else 'no'}",
+                     ",".join(map(str, s.get("detect", {}).get("flagged", []))) or "none",
+                     yes(r["pass"])])
+    return section(
+        "`audit demo`", "python bench/verify_zoo.py --parts demo", d.get("commit"),
+        table(["environment", "s", "test acc %", "wm acc %", "vanilla %", "ownership",
+               "detect flags", "pass"], rows),
+        f"{d['what']}. Pass: under {d['acceptance']['seconds_max']} s, watermark accuracy ≥ "
+        f"{pct(d['acceptance']['wm_before_min'], 0)}% before and ≤ vanilla + 5 points after, "
+        "test accuracy within 3 points. " + machine_line(d.get("machine")))
+
+
+def launder_timing(d: dict) -> str:
+    rows = []
+    for name, r in d["runs"].items():
+        per = "; ".join(" / ".join(f"{k} {v:.1f}" for k, v in rd["seconds"].items()
+                                   if k in ("recover", "retrain")) for rd in r["rounds"])
+        rows.append([name, str(len(r["rounds"])), f"{r['seconds']:.1f}", per,
+                     f"{pct(r['test_acc']['after'])}", f"{pct(r['wm_acc']['after'])}"])
+    return section(
+        "Laundering time", "python bench/launder_timing.py \"$AUDIT_BENCH_ZOO/mnist_unrelated_s0\"",
+        d.get("commit"),
+        table(["run", "rounds", "wall s", "per round (s)", "test acc % after",
+               "wm acc % after"], rows),
+        f"{d['what']}; entry `{d['entry']}`. Median of the all-rounds runs: "
+        f"**{d['seconds_all_rounds_median']} s** (target ≤ {d['target_seconds']} s, "
+        f"{d['cpus']} CPUs).")
+
+
+def nc_speed(d: dict) -> str:
+    nc = d["nc"]
+    rows = [[k, f"{v:.2f}"] for k, v in nc["class_chunk_seconds"].items()]
+    return section(
+        "Neural Cleanse: classes per forward pass", "python bench/nc_speed.py --threads 2 "
+        "--skip-launder", d.get("commit"), table(["classes per pass", "s"], rows),
+        f"{d['what']}; all {nc['classes']} classes, {nc['config']['epochs']} epochs × "
+        f"{nc['config']['steps_per_epoch']} steps, no early stop; {d['torch_threads']} torch "
+        f"threads. Batched (default chunk) over per-class loop: {nc['speedup']}×. "
+        + machine_line(d.get("machine")))
+
+
+def probes(mem: dict | None, thr: dict | None) -> str:
+    parts = []
+    if mem:
+        rows = [[n, str(r["batch_size"]), f"{r['total_peak_mb']:.1f}", f"{r['probe_delta_mb']:.1f}"]
+                for n, r in sorted(mem["runs"].items(), key=lambda kv: int(kv[0]))]
+        parts.append(section(
+            "Probe memory", "python bench/probe_memory.py", mem.get("commit"),
+            table(["images", "batch", "peak RSS MB", "added by the probe MB"], rows),
+            f"{mem['what']}; {mem['model']}. 10,000 against 100 images: "
+            f"+{mem['peak_difference_mb']} MB (limit {mem['limit_mb']:.0f} MB, pass: "
+            f"{'yes' if mem['pass'] else 'no'}). " + machine_line(mem.get("machine"))))
+    if thr:
+        parts.append(section(
+            "Probe throughput", "python bench/probe_throughput.py", thr.get("commit"),
+            table(["probe", "images/s"],
+                  [["onnxruntime (exposed tensors)", f"{thr['ort_images_per_s']:,.0f}"],
+                   ["torch forward hooks", f"{thr['torch_hooks_images_per_s']:,.0f}"]]),
+            f"{thr['what']}; {thr['n']:,} images, batch {thr['batch_size']}, "
+            f"{thr['threads']['torch']} threads; ratio {thr['ort_over_torch']:.2f}×. "
+            + machine_line(thr.get("machine"))))
+    return "\n".join(parts)
+
+
+def exporters(d: dict) -> str:
+    rows = [[m["name"], m.get("exporter", ""), str(m.get("opset", "")),
+             yes(bool(m.get("inspect_ok"))), yes(bool(m.get("launder_ok")))]
+            for m in sorted(d["models"], key=lambda m: m["name"])]
+    s = d["summary"]
+    return section(
+        "Exporters", d.get("command", "python bench/exporters.py"),
+        (d.get("commit") or d.get("git_commit") or "")[:7],
+        table(["model", "exporter", "opset", "inspect", "launder"], rows),
+        f"{s['models']} models built; `audit inspect` succeeds on {s['inspect_ok']}, a short "
+        f"`audit launder` on {s['launder_ok']}.")
+
+
+def render() -> str:
+    out = ["# Results", "",
+           "Generated by `python bench/results_doc.py` from `bench/results/*.json`; do not edit "
+           "by hand. Each table names the command that regenerates its JSON file and the commit "
+           "it was measured at. The real data sets (MNIST, the BadNets model, third-party "
+           "models, the Adi trigger set) live in `shared/data` beside the repository; zoo models "
+           "are built into `$AUDIT_BENCH_ZOO` (see `bench/common.py`). Every run uses seed 0 "
+           "and the default settings unless the command says otherwise.", ""]
+    d = load("launder_mnist.json")
+    if d:
+        out.append(launder_mnist(d))
+    d = load("launder_badnets.json")
+    if d:
+        out.append(launder_badnets(d))
+    for name, fn in (("verify_zoo.json", verify_zoo), ("detect_models.json", detect_models),
+                     ("demo.json", demo), ("launder_timing.json", launder_timing),
+                     ("nc_speed.json", nc_speed)):
+        d = load(name)
+        if d:
+            out.append(fn(d))
+    out.append(probes(load("probe_memory.json"), load("probe_throughput.json")))
+    d = load("exporters.json")
+    if d:
+        out.append(exporters(d))
+    return "\n".join(s for s in out if s is not None).rstrip() + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if docs/results.md is stale")
+    args = ap.parse_args()
+    text = render()
+    if args.check:
+        same = OUT.is_file() and OUT.read_text() == text
+        print("docs/results.md is up to date" if same else "docs/results.md is stale")
+        return 0 if same else 1
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(text)
+    print(f"wrote {OUT.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
