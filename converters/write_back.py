@@ -29,18 +29,17 @@ def write_back(tm: TorchModel, x_check: np.ndarray | None = None, *,
     original = tm.source.original
     m = P.copy_model(original)
     new = updated_initializers(tm)
-    by_name = {t.name: t for t in m.graph.initializer}
+    tensors = _weight_tensors(m)
     for name, value in new.items():
-        t = by_name.get(name)
+        t = tensors.get(name)
         if t is None:
             raise ConversionError(f"no initializer {name!r} in the original graph to write back to")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
         value = np.asarray(value, dtype=dtype)
         if tuple(value.shape) != tuple(t.dims):
             raise ConversionError(f"write-back of {name!r}: shape {value.shape} != {tuple(t.dims)}")
-        fresh = numpy_helper.from_array(value, name)
-        t.ClearField("raw_data")
-        for f in ("float_data", "double_data", "int32_data", "int64_data"):
+        fresh = numpy_helper.from_array(value, t.name)
+        for f in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
             t.ClearField(f)
         t.raw_data = fresh.raw_data
     if x_check is not None:
@@ -50,6 +49,18 @@ def write_back(tm: TorchModel, x_check: np.ndarray | None = None, *,
 
 # relative bound of the written-back check when weights were rounded to float16 / bfloat16
 FLOAT16_ATOL = 2e-2
+
+
+def _weight_tensors(m: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Tensor name -> the TensorProto holding its value: initializers, and the `value` of
+    Constant nodes (paddle2onnx stores weights so; normalisation lifted them to initializers)."""
+    out = {t.name: t for t in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "Constant" and len(n.output) == 1 and n.output[0] not in out:
+            for a in n.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    out[n.output[0]] = a.t
+    return out
 
 
 def check_written(model: onnx.ModelProto, tm: TorchModel, x: np.ndarray, *,

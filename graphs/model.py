@@ -33,6 +33,7 @@ NORMALISE = (
     P.explicit_pads,
     P.fuse_conv_add,
     P.fuse_matmul_add,
+    P.gemm_bias,
     P.reshape_allowzero,
 )
 PARITY_ATOL = 1e-4

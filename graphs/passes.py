@@ -400,6 +400,59 @@ def fuse_matmul_add(model: onnx.ModelProto, ctx: PassContext):
     return model, False
 
 
+def gemm_bias(model: onnx.ModelProto, ctx: PassContext):
+    """Give a dense Gemm its per-unit bias as onnx2torch's nn.Linear wants it (jax2onnx writes
+    Gemm(beta=0, C=scalar 0) followed by Add of a [1, N] bias):
+    - a C that beta=0 cancels is dropped;
+    - a C of one value (scalar, [1], [1,1]) becomes an Add after the Gemm;
+    - an Add of a per-unit initializer ([N] or [1, N]) right after a Gemm without C becomes its C.
+    """
+    m = copy_model(model)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    graph_outputs = {o.name for o in m.graph.output}
+    modified = False
+    for g in list(m.graph.node):
+        if g.op_type != "Gemm" or len(g.input) < 2 or g.input[1] not in inits:
+            continue
+        units = inits[g.input[1]].shape[0 if attr(g, "transB", 0) else 1]
+        has_c = len(g.input) > 2 and bool(g.input[2])
+        if has_c and g.input[2] in inits and attr(g, "beta", 1.0) == 0.0:
+            del g.input[2:]
+            has_c, modified = False, True
+        elif has_c and g.input[2] in inits and inits[g.input[2]].size == 1 and units > 1:
+            c = inits[g.input[2]].astype(np.float32).reshape(()) * np.float32(attr(g, "beta", 1.0))
+            value = _unique(m, g.name + "_c")
+            m.graph.initializer.append(numpy_helper.from_array(np.asarray(c, np.float32), value))
+            out = g.output[0]
+            g.output[0] = _unique(m, out + "_gemm")
+            del g.input[2:]
+            m.graph.node.insert(list(m.graph.node).index(g) + 1, helper.make_node(
+                "Add", [g.output[0], value], [out], name=_unique(m, g.name + "_add_c")))
+            has_c, modified = False, True
+        if has_c or g.output[0] in graph_outputs:
+            continue
+        users = consumers(m).get(g.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Add":
+            continue
+        add = users[0]
+        other = add.input[1] if add.input[0] == g.output[0] else add.input[0]
+        b = inits.get(other)
+        if b is None or b.size != units or not (b.ndim == 1 or b.shape == (1, units)):
+            continue
+        bias_name = _unique(m, g.name + "_bias")
+        m.graph.initializer.append(numpy_helper.from_array(b.reshape(-1), bias_name))
+        ctx.derive(bias_name, other, lambda v, s=b.shape: np.reshape(v, s))
+        g.input.append(bias_name)
+        set_attr(g, "beta", 1.0)
+        g.output[0] = add.output[0]
+        m.graph.node.remove(add)
+        modified = True
+    if modified:
+        _remove_unused_initializers(m)
+        return m, True
+    return model, False
+
+
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model)

@@ -82,14 +82,21 @@ def launder_once(path, subset, out):
     return launder(str(path), str(subset), str(out), config=cfg, device="cpu")
 
 
+def tensors(m: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node tensors by name."""
+    out = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    out.update({n.output[0]: numpy_helper.to_array(a.t) for n in m.graph.node if n.op_type == "Constant"
+                for a in n.attribute if a.name == "value"})
+    return out
+
+
 def assert_written_back(src, out) -> None:
     """Same opset, nodes, inputs and outputs as the user's model; some weights changed."""
     a, b = onnx.load(str(src)), onnx.load(str(out))
     assert [(o.domain, o.version) for o in b.opset_import] == [(o.domain, o.version) for o in a.opset_import]
     assert [(n.op_type, n.name) for n in b.graph.node] == [(n.op_type, n.name) for n in a.graph.node]
     assert [o.name for o in b.graph.output] == [o.name for o in a.graph.output]
-    wa = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
-    wb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+    wa, wb = tensors(a), tensors(b)
     assert wa.keys() == wb.keys() and all(wa[k].shape == wb[k].shape for k in wa)
     changed = [k for k in wa if wa[k].dtype.kind == "f" and not np.array_equal(wa[k], wb[k])]
     assert changed, "retraining changed no weight"
@@ -266,3 +273,52 @@ def test_float16_model_computes_in_float32_and_keeps_its_type(tmp_path, capsys, 
     out = onnx.load(str(tmp_path / "out.onnx"))
     assert {t.data_type for t in out.graph.initializer} == {TensorProto.FLOAT16}
     assert out.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+
+
+# ---------------------------------------------------------------- dense layers with odd biases
+@pytest.mark.parametrize("form", ["beta0_then_add", "scalar_c"])
+def test_gemm_biases_become_linear_layers(form, tmp_path, capsys, subset):
+    """jax2onnx writes Gemm(beta=0, C=0) + Add([1,N] bias); others a one-value C. Both layers
+    must be trainable nn.Linear modules whose bias goes back where it came from."""
+    zero = numpy_helper.from_array(np.zeros((), np.float32), "c0")
+    if form == "beta0_then_add":
+        nodes = [helper.make_node("Gemm", ["x", "W1", "c0"], ["d1"], name="fc1", beta=0.0),
+                 helper.make_node("Add", ["d1", "b1"], ["h"], name="add1")]
+        inits = [zero, weights("W1", 64, 32), numpy_helper.from_array(
+            RNG.standard_normal((1, 32)).astype(np.float32), "b1")]
+    else:
+        nodes = [helper.make_node("Gemm", ["x", "W1", "c1"], ["h"], name="fc1", beta=0.5)]
+        inits = [weights("W1", 64, 32), numpy_helper.from_array(np.array([0.3], np.float32), "c1")]
+    nodes += [helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+              helper.make_node("Gemm", ["r", "W2", "B2"], ["y"], name="fc2")]
+    inits += [weights("W2", 32, K), weights("B2", K)]
+    m = make(nodes, inits, opset=13, in_shape=["N", 64], out_shape=["N", K])
+    r = check_kind(tmp_path, capsys, subset, m)
+    assert "gemm_bias" in r["rewrites"]
+    act = "Relu" if form == "beta0_then_add" else None   # the one-value Add stands between
+    assert [(p["op"], p["units"], p["activation"]) for p in r["probe_layers"]] == \
+        [("Gemm", 32, act), ("Gemm", K, None)]
+    out = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "out.onnx")).graph.initializer}
+    if form == "beta0_then_add":
+        assert out["b1"].shape == (1, 32) and out["c0"].shape == ()
+    else:
+        assert out["c1"].tolist() == [np.float32(0.3)]   # one value for all units: not trained
+
+
+# ---------------------------------------------------------------- weights held by Constant nodes
+def test_weights_in_constant_nodes_are_written_back_there(tmp_path, capsys, subset):
+    """paddle2onnx stores every weight as a Constant node and no initializer."""
+    nodes, inits = conv_head()
+    tail, tinits = dense_tail("r", 8 * 8 * 8)
+    consts = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t) for t in inits + tinits]
+    g = helper.make_graph(consts + nodes + tail, "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", K])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    check_kind(tmp_path, capsys, subset, m)
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    assert not out.graph.initializer
+    before = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node if n.op_type == "Constant"}
+    after = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in out.graph.node if n.op_type == "Constant"}
+    assert before.keys() == after.keys()
+    assert not np.array_equal(before["W"], after["W"])   # trained weights went into the Constant node
