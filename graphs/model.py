@@ -21,8 +21,8 @@ from audit.graphs.runtime import Runner, make_session, providers
 log = logging.getLogger(__name__)
 
 # the user's graph as the tools see it: runnable, with one [N, K] class-score output
-INTERFACE = (P.remove_initializer_inputs, P.upgrade_old_opset, P.drop_legacy_attributes, P.expose_scores,
-             P.compute_in_float32)
+INTERFACE = (P.remove_initializer_inputs, P.upgrade_old_opset, P.drop_legacy_attributes, P.pool_unit_axes,
+             P.expose_scores, P.compute_in_float32)
 NORMALISE = (
     P.remove_initializer_inputs,
     P.name_graph_and_nodes,

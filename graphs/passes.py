@@ -795,6 +795,98 @@ def compute_in_float32(model: onnx.ModelProto, ctx: PassContext):
     return m, True
 
 
+# ---------------------------------------------------------------- pooling over unit-window axes
+def pool_unit_axes(model: onnx.ModelProto, ctx: PassContext):
+    """MaxPool/AveragePool over more than 3 spatial axes, where all but at most 3 have a window of
+    1 (stride 1, no padding), becomes a pooling over those axes alone: the unit-window axes move
+    next to the batch and are folded into it. onnxruntime pools 1-3 axes only; jax2onnx lowers
+    `lax.reduce_window` over NHWC this way ([1,1,N,H,W,C], kernel [1,2,2,1])."""
+    shapes = _static_shapes(model)
+    m = copy_model(model)
+    modified = False
+    for n in list(m.graph.node):
+        if n.op_type not in ("MaxPool", "AveragePool") or len(n.output) != 1:
+            continue
+        kernel = list(attr(n, "kernel_shape") or [])
+        if len(kernel) <= 3 or attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        k = len(kernel)
+        strides = list(attr(n, "strides") or [1] * k)
+        pads = list(attr(n, "pads") or [0] * (2 * k))
+        dil = list(attr(n, "dilations") or [1] * k)
+        pooled = [i for i in range(k) if kernel[i] != 1 or strides[i] != 1 or pads[i] or pads[k + i]]
+        shape = shapes.get(n.input[0])
+        if not pooled or len(pooled) > 3 or shape is None or any(
+                not isinstance(shape[2 + i], int) for i in pooled):
+            continue
+        unit = [i for i in range(k) if i not in pooled]
+        perm = [0, 1, *(2 + i for i in unit), *(2 + i for i in pooled)]
+        inv = [int(v) for v in np.argsort(perm)]
+        sizes = [shape[2 + i] for i in pooled]
+        out_sizes = _pooled_sizes(sizes, [kernel[i] for i in pooled], [strides[i] for i in pooled],
+                                  [pads[i] for i in pooled], [pads[k + i] for i in pooled],
+                                  [dil[i] for i in pooled], attr(n, "ceil_mode", 0))
+        t = lambda suffix: _unique(m, f"{n.name}_{suffix}")   # noqa: E731
+        names = {x: t(x) for x in ("moved", "folded", "pooled", "lead", "back_shape", "unfolded",
+                                   "fold_shape", "lead_idx", "tail")}
+        inits = [numpy_helper.from_array(np.array([-1, 1, *sizes], np.int64), names["fold_shape"]),
+                 numpy_helper.from_array(np.arange(2 + len(unit), dtype=np.int64), names["lead_idx"]),
+                 numpy_helper.from_array(np.array(out_sizes, np.int64), names["tail"])]
+        m.graph.initializer.extend(inits)
+        pool = helper.make_node(n.op_type, [names["folded"]], [names["pooled"]], name=n.name)
+        for a in n.attribute:
+            if a.name in ("kernel_shape", "strides", "pads", "dilations"):
+                vals = helper.get_attribute_value(a)
+                keep = [vals[i] for i in pooled] + ([vals[k + i] for i in pooled] if a.name == "pads" else [])
+                pool.attribute.append(helper.make_attribute(a.name, keep))
+            else:
+                pool.attribute.append(a)
+        nodes = [
+            helper.make_node("Transpose", [n.input[0]], [names["moved"]], perm=perm, name=t("move")),
+            helper.make_node("Reshape", [names["moved"], names["fold_shape"]], [names["folded"]], name=t("fold")),
+            pool,
+            helper.make_node("Shape", [names["moved"]], [names["lead"] + "_all"], name=t("shape")),
+            helper.make_node("Gather", [names["lead"] + "_all", names["lead_idx"]], [names["lead"]], axis=0,
+                             name=t("lead")),
+            helper.make_node("Concat", [names["lead"], names["tail"]], [names["back_shape"]], axis=0,
+                             name=t("concat")),
+            helper.make_node("Reshape", [names["pooled"], names["back_shape"]], [names["unfolded"]], name=t("unfold")),
+            helper.make_node("Transpose", [names["unfolded"]], [n.output[0]], perm=inv, name=t("back")),
+        ]
+        idx = list(m.graph.node).index(n)
+        m.graph.node.remove(n)
+        for j, node in enumerate(nodes):
+            m.graph.node.insert(idx + j, node)
+        ctx.notes.append(f"{n.op_type} {n.name!r} pools {len(pooled)} of its {k} axes: the unit-window axes "
+                         "were folded into the batch")
+        modified = True
+    return (m, True) if modified else (model, False)
+
+
+def _pooled_sizes(sizes, kernel, strides, begin, end, dil, ceil_mode) -> list[int]:
+    out = []
+    for size, kk, st, b, e, d in zip(sizes, kernel, strides, begin, end, dil):
+        span = size + b + e - ((kk - 1) * d + 1)
+        steps = -(-span // st) if ceil_mode else span // st
+        if ceil_mode and steps * st >= size + b:   # the last window must start inside the input
+            steps -= 1
+        out.append(steps + 1)
+    return out
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return {}
+    out = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    return out
+
+
 # ---------------------------------------------------------------- old opsets
 # attributes later versions of an op dropped without changing what the op computes
 _LEGACY_ATTRIBUTES = {"is_test": None, "consumed_inputs": None, "spatial": 1}

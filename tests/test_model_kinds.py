@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_digits
@@ -322,3 +323,45 @@ def test_weights_in_constant_nodes_are_written_back_there(tmp_path, capsys, subs
     after = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in out.graph.node if n.op_type == "Constant"}
     assert before.keys() == after.keys()
     assert not np.array_equal(before["W"], after["W"])   # trained weights went into the Constant node
+
+
+# ---------------------------------------------------------------- pooling over unit-window axes
+def test_pooling_over_unit_window_axes(tmp_path, capsys, subset):
+    """jax2onnx lowers lax.reduce_window over NHWC to MaxPool on [1,1,N,H,W,C] with kernel
+    [1,2,2,1], which onnxruntime cannot run (it pools 1-3 axes); the unit-window axes are folded
+    into the batch."""
+    nodes, inits = conv_head()
+    nodes += [helper.make_node("Transpose", ["r"], ["nhwc"], name="to_nhwc", perm=[0, 2, 3, 1]),
+              helper.make_node("Unsqueeze", ["nhwc", "ax0"], ["u1"], name="u1"),
+              helper.make_node("Unsqueeze", ["u1", "ax0"], ["u2"], name="u2"),
+              helper.make_node("MaxPool", ["u2"], ["p6"], name="pool", kernel_shape=[1, 2, 2, 1],
+                               strides=[1, 2, 2, 1]),
+              helper.make_node("Squeeze", ["p6", "ax01"], ["p"], name="sq"),
+              helper.make_node("Reshape", ["p", "flat"], ["f"], name="flatten"),
+              helper.make_node("Gemm", ["f", "W2", "B2"], ["y"], name="fc", transB=1)]
+    inits += [numpy_helper.from_array(np.array([0], np.int64), "ax0"),
+              numpy_helper.from_array(np.array([0, 1], np.int64), "ax01"),
+              numpy_helper.from_array(np.array([-1, 4 * 4 * 8], np.int64), "flat"),
+              weights("W2", K, 4 * 4 * 8), weights("B2", K)]
+    m = make(nodes, inits, opset=13, in_shape=["N", 1, 8, 8], out_shape=["N", K])
+    x = RNG.random((3, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(Exception, match="pooling size"):
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    r = check_kind(tmp_path, capsys, subset, m, note="pools 2 of its 4 axes")
+    # the rewritten graph computes the pooling of the NHWC tensor
+    am = AuditModel.load(tmp_path / "model.onnx", device="cpu")
+    conv = ort.InferenceSession(_head_only(m).SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    pooled = conv.reshape(3, 8, 4, 2, 4, 2).max(axis=(3, 5)).transpose(0, 2, 3, 1).reshape(3, -1)
+    w2, b2 = (numpy_helper.to_array(t) for t in inits[-2:])
+    np.testing.assert_allclose(am.runner().run(x, [am.info.output_name])[0], pooled @ w2.T + b2,
+                               rtol=1e-5, atol=1e-5)
+    assert r["num_classes"] == K
+
+
+def _head_only(m: onnx.ModelProto) -> onnx.ModelProto:
+    """The conv head of a model (its Relu output 'r')."""
+    g = onnx.helper.make_graph([n for n in m.graph.node if n.name in ("conv1", "relu1")], "head",
+                               list(m.graph.input), [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)],
+                               [t for t in m.graph.initializer if t.name in ("W", "B")])
+    return helper.make_model(g, opset_imports=list(m.opset_import), ir_version=m.ir_version)
