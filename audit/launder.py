@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 import time
@@ -11,15 +12,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 
 from audit.converters.to_torch import to_torch
 from audit.converters.write_back import check_written, write_back
 from audit.data import Dataset, Preprocess
 from audit.errors import AuditError, DataError
 from audit.forward import make_forward
+from audit.graphs import passes as P
 from audit.graphs.model import AuditModel
-from audit.graphs.probe import find_probe_layers, mean_activations
+from audit.graphs.probe import ProbeLayer, find_probe_layers, mean_activations
 from audit.nc import NCConfig, Recovery, recover, stamp
 from audit.ood import generate as ood_generate
 from audit.ood import palette
@@ -41,7 +45,7 @@ Progress = Callable[[str, int, int], None]
 @dataclass
 class LaunderConfig:
     rounds: int = 3
-    # stop before --rounds when the most likely infected class becomes the original least
+    # stop before `rounds` when the most likely infected class becomes the original least
     # likely one, or when nothing is flagged and nothing reset; False runs every round
     early_stop: bool = True
     seed: int = 0
@@ -60,17 +64,15 @@ class LaunderConfig:
     # half of the stamped retraining images carry the recovered trigger grown by this many
     # pixels (its pattern extended into the border): Neural Cleanse finds the smallest
     # trigger that flips the model, usually a core of the real one, whose remainder alone can
-    # still fire a backdoor unlearnt only on the core. 0 (off) by default: on BadNets-MNIST 1
-    # took attack success 2.9% -> 1.3%, but on 16x16 digits it left 3-4% of a content
-    # watermark where 0 leaves 1% (README)
+    # still fire a backdoor unlearnt only on the core. Off by default: it helps on
+    # BadNets-MNIST and hurts the 16x16 digits content watermark (README)
     trigger_dilate: int = 0
     # a suspect's trigger is the smallest one recovered for it in any round: after a round
     # unlearns a backdoor, that class's new recovery is an ordinary (large) trigger
     keep_smallest_trigger: bool = True
-    # a class whose trigger was unlearnt in a round (flagged, or the most likely one when
-    # nothing was flagged) stays a suspect: its trigger is stamped in every later round.
-    # Retraining without it let the MNIST content and noise watermarks creep back
-    # (0.5 -> 1.33% and 1.0 -> 2.33% over rounds 2-3, session 4)
+    # a class whose trigger is unlearnt in a round (flagged, or the most likely one when
+    # nothing is flagged) stays a suspect: its trigger is stamped in every later round, so
+    # that a partly unlearnt watermark does not creep back in later rounds
     keep_used_triggers: bool = True
     # after round 1 a unit is reset only if its A_diff also exceeds round 1's cutoff for its
     # layer: relative thresholds (z:, top:) always select someone, and once the backdoor is
@@ -79,26 +81,22 @@ class LaunderConfig:
     # the distillation weight (retrain.distill) is multiplied by this in the rounds after
     # Neural Cleanse has flagged a class: the backdoor it sees is unlearnt by the stamped
     # images, which override the teacher where it matters, so the original model can be
-    # followed more closely elsewhere (BadNets-MNIST clean accuracy 96.8 -> 97.2-97.6%).
-    # While nothing is flagged, the watermark (if any) is one Neural Cleanse cannot see and
-    # only the out-of-distribution term removes it: a strong pull towards the original
-    # model keeps it (MNIST unrelated 9.3% -> 16% at weight 3), so the base weight stays
+    # followed more closely elsewhere. While nothing is flagged, the watermark (if any) is
+    # one Neural Cleanse cannot see and only the out-of-distribution term removes it: a
+    # strong pull towards the original model would keep it, so the base weight stays
     flagged_distill_scale: float = 3.0
     # Neural Cleanse epochs in rounds 2 and later (None: nc.epochs): their recoveries serve
     # the stop test and any residual suspect, on a model that moved little; round 1 keeps
-    # the full schedule. Saves ~20 s of a 3-round MNIST launder (README)
+    # the full schedule
     nc_epochs_later: int | None = 20
     # when Neural Cleanse flags nothing in round 1, that round retrains from the weights of
     # every Conv/Gemm layer (and the scale of a BatchNorm right after one) multiplied by this
     # (a shrunk warm start, reset.shrink_weights): a watermark Neural Cleanse cannot see is a
     # set of memorised images, which distillation from the original model carries over while
-    # the weights stay where they were. On the digits Adi model (real trigger set) 22 -> 12
-    # trigger hits of 100 (vanilla 8; ownership no longer demonstrated), for 0.30-0.37 points
-    # of MNIST test accuracy (README). Not used
-    # when round 1 flags a class: its stamped images unlearn that backdoor, and the shrink
-    # cost BadNets-MNIST 0.1-0.3 points of clean accuracy. The flag is the launder's own (L1)
-    # index: the log index's occasional false alarm on an Adi model would leave it unlaundered
-    # (24% instead of 12% on digits with 20 Neural Cleanse epochs). 1 turns it off
+    # the weights stay where they are. Not used when round 1 flags a class: its stamped
+    # images unlearn that backdoor, and the shrink costs clean accuracy. The flag is the
+    # launder's own (L1) index: the log index's occasional false alarm on an Adi model would
+    # leave it unlaundered (README). 1 turns it off
     shrink: float = 0.5
     device: str = "auto"
 
@@ -160,160 +158,391 @@ def _check_subset(ds: Dataset, num_classes: int) -> None:
                         f"0..{num_classes - 1}")
 
 
+@dataclass(frozen=True)
+class Trigger:
+    """A recovered trigger: mask [1, H, W] and pattern [C, H, W] in [0, 1], and the mask's L1 norm."""
+
+    norm: float
+    mask: np.ndarray
+    pattern: np.ndarray
+
+    def stamp(self, x01: np.ndarray) -> np.ndarray:
+        return stamp(x01, self.mask, self.pattern)
+
+
+@dataclass
+class RetrainingParts:
+    """What a retraining set is made of: the clean subset, its stamped copies (true labels,
+    one block of len(subset) per class in `used`), the triggers and the sink class."""
+
+    subset: Dataset
+    stamped: np.ndarray
+    stamped_y: np.ndarray
+    triggers: dict[int, Trigger]
+    used: list[int]
+    sink: int
+    ood_share: float
+    ood_seed: int
+
+    def split(self, train_idx: np.ndarray) -> RetrainingParts:
+        """The parts restricted to the subset images train_idx (and their stamped copies)."""
+        n = len(self.subset)
+        st_idx = _stamped_index(train_idx, n, len(self.stamped) // n)
+        return replace(self, subset=self.subset.subset(train_idx), stamped=self.stamped[st_idx],
+                       stamped_y=self.stamped_y[st_idx])
+
+
+@dataclass
+class RetrainingSet:
+    """Arrays for audit.retrain.retrain: images, labels and which samples are which."""
+
+    x: np.ndarray
+    y: np.ndarray
+    augment: np.ndarray        # clean and stamped images: may be shifted
+    distill: np.ndarray        # clean images: the original model is trusted there
+    target: np.ndarray         # stamped images: learnt to the target accuracy
+    ood: Callable[[int], np.ndarray] | None
+
+
+@dataclass
+class LaunderState:
+    """What carries over from one round to the next."""
+
+    keep: ResetMask = field(default_factory=ResetMask)
+    # classes flagged (or unlearnt, with keep_used_triggers) in any round
+    suspects: set[int] = field(default_factory=set)
+    # a class other than the sink flagged in some round
+    backdoor_seen: bool = False
+    triggers: dict[int, Trigger] = field(default_factory=dict)
+    # round 1's A_diff cutoff per layer (anchor_thresholds)
+    first_cutoffs: dict[str, float] = field(default_factory=dict)
+    # round 1's least likely infected class
+    least_likely: int | None = None
+    sink: int | None = None
+    chosen_lr: float | None = None
+    lr_scores: dict[str, float] = field(default_factory=dict)
+    rounds: list[RoundResult] = field(default_factory=list)
+    recoveries: list[Recovery] = field(default_factory=list)
+    weights: dict[int, dict] = field(default_factory=dict)   # round -> module state_dict
+    stop: str = ""
+
+
+@dataclass
+class RoundWork:
+    """One round's intermediate results, filled in step by step."""
+
+    round: int
+    times: dict[str, float] = field(default_factory=dict)
+    rec: Recovery | None = None
+    used: list[int] = field(default_factory=list)
+    probe_stamped: np.ndarray | None = None   # the subset stamped with each used trigger
+    stamped: np.ndarray | None = None         # the same, some with grown triggers (retraining)
+    stamped_y: np.ndarray | None = None
+    units_reset: dict[str, int] = field(default_factory=dict)
+    cutoffs: dict[str, float] = field(default_factory=dict)
+    shrink: float | None = None
+    retrain_cfg: RetrainConfig | None = None
+    losses: list[float] = field(default_factory=list)
+
+
+class Probe:
+    """Per-unit mean activations of the torch module's current weights, run by onnxruntime.
+
+    The trained values are swapped into the initializers of the normalised graph the model was
+    loaded with (cast through the original initializers' types, as write-back does), so the
+    graph is neither re-normalised nor parity-checked each round. Where a torch tensor does not
+    map one to one onto a normalised initializer, the weights are written back into the
+    original graph and that is loaded instead.
+    """
+
+    def __init__(self, am: AuditModel, tm, preprocess: Preprocess, layers: list[ProbeLayer]):
+        self.am, self.tm, self.preprocess, self.layers = am, tm, preprocess, layers
+        self.swappable = _swappable(am, tm)
+
+    def model(self) -> AuditModel:
+        """An AuditModel of the current weights (only its normalised graph is new)."""
+        if not self.swappable:
+            return AuditModel.from_proto(write_back(self.tm), device=self.am.device)
+        m = P.copy_model(self.am.normalised)
+        values = _normalised_values(self.am, self.tm)
+        for t in m.graph.initializer:
+            if t.name in values:
+                t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
+        return dataclasses.replace(self.am, normalised=m, _sessions={})
+
+    def means(self, *images: np.ndarray) -> list[dict[str, np.ndarray]]:
+        current = self.model()
+        return [mean_activations(current, x, self.preprocess, self.layers) for x in images]
+
+
+def _swappable(am: AuditModel, tm) -> bool:
+    """Every trained tensor has its own normalised initializer, and every normalised
+    initializer derived from a trained original one is itself trained."""
+    inits = {t.name: t for t in am.normalised.graph.initializer}
+    bound = [b.init for b in tm.bindings]
+    origins = [am.ctx.origin(name)[0] for name in bound]
+    if len(set(origins)) != len(origins) or not all(name in inits for name in bound):
+        return False
+    derived = {name for name in inits if am.ctx.origin(name)[0] in set(origins)}
+    return derived <= set(bound)
+
+
+def _normalised_values(am: AuditModel, tm) -> dict[str, np.ndarray]:
+    """Normalised-initializer name -> the torch module's value, in the initializer's type."""
+    originals = {t.name: t for t in am.original.graph.initializer}
+    normalised = {t.name: t for t in am.normalised.graph.initializer}
+    out = {}
+    for b in tm.bindings:
+        t = getattr(tm.module.get_submodule(b.module), b.attr)
+        value = b.to_onnx(np.ascontiguousarray(t.detach().cpu().numpy()))
+        orig = originals[am.ctx.origin(b.init)[0]]
+        value = np.asarray(value, dtype=onnx.helper.tensor_dtype_to_np_dtype(orig.data_type))
+        dst = normalised[b.init]
+        out[b.init] = np.asarray(value, dtype=onnx.helper.tensor_dtype_to_np_dtype(dst.data_type)
+                                 ).reshape(tuple(dst.dims))
+    return out
+
+
+class Launderer:
+    """Neural Network Laundering, one round at a time: recover -> reset -> retrain -> keep.
+
+    Built with the model and subset; run() launders and returns the result. The state that
+    carries over between rounds is a LaunderState; each step fills in the round's RoundWork.
+    """
+
+    def __init__(self, am: AuditModel, subset: Dataset, preprocess: Preprocess,
+                 config: LaunderConfig, *, progress: Progress | None = None,
+                 on_round: Callable[[RoundResult, Callable], None] | None = None):
+        self.cfg, self.am, self.subset, self.preprocess = config, am, subset, preprocess
+        self.progress, self.on_round = progress, on_round
+        if not 0 < config.shrink <= 1:
+            raise AuditError(f"shrink must be in (0, 1], got {config.shrink}")
+        self.t_start = time.perf_counter()
+        self.k = am.info.num_classes
+        _check_subset(subset, self.k)
+        torch.manual_seed(config.seed)
+        self.dense_t = Threshold.parse(config.dense_threshold)
+        self.conv_t = Threshold.parse(config.conv_threshold)
+        self.x_check = am.model_input(subset.x[:128], preprocess)
+        self.tm = to_torch(am, self.x_check)
+        self.forward = make_forward(self.tm, preprocess)
+        self.layers = find_probe_layers(self.tm.graph, am.original)
+        self.targets = choose_layers(self.layers, config.layers)
+        self.acc_before = am.accuracy(subset.x, subset.y, preprocess)
+        self.teacher = self._teacher() if config.retrain.distill > 0 else None
+        self.tm.module.eval()
+        self.ood_shares = _ood_shares(self.forward, subset, self.k, config.seed)  # the original's
+        self.probe = Probe(am, self.tm, preprocess, self.targets)
+        self.state = LaunderState(stop=f"completed {config.rounds} round(s)")
+
+    def _teacher(self):
+        """The original model, untouched: a frozen copy of the module before any reset."""
+        teacher_tm = replace(self.tm, module=copy.deepcopy(self.tm.module))
+        _freeze(teacher_tm.module, True)
+        return make_forward(teacher_tm, self.preprocess)
+
+    def _bar(self, r: int, step: str):
+        return (lambda e, n: self.progress(f"round {r}: {step}", e, n)) if self.progress else None
+
+    def run(self) -> LaunderResult:
+        for r in range(1, self.cfg.rounds + 1):
+            work = RoundWork(r)
+            if not (self.recover(work) and self.reset(work)):
+                break
+            self.retrain(work)
+            self.keep(work)
+        return self.result()
+
+    def _stop(self, work: RoundWork, reason: str) -> bool:
+        self.state.stop = reason
+        self.state.rounds.append(_stopped(work.round, work.rec, reason, work.times))
+        return False
+
+    # ------------------------------------------------------------------ recover
+    def recover(self, work: RoundWork) -> bool:
+        """Neural Cleanse on the current model; picks the triggers to unlearn and stamps them.
+        False when the round stops here."""
+        cfg, st, r = self.cfg, self.state, work.round
+        t = time.perf_counter()
+        _freeze(self.tm.module, True)
+        nc = cfg.nc if r == 1 or cfg.nc_epochs_later is None else \
+            replace(cfg.nc, epochs=min(cfg.nc.epochs, cfg.nc_epochs_later))
+        rec = work.rec = recover(self.forward, self.subset.x, self.k, nc, seed=cfg.seed + r,
+                                 progress=self._bar(r, "recover"))
+        _freeze(self.tm.module, False)
+        work.times["recover"] = time.perf_counter() - t
+        st.recoveries.append(rec)
+        if st.least_likely is None:
+            st.least_likely = rec.least_likely
+        elif rec.most_likely == st.least_likely and cfg.early_stop:
+            return self._stop(work, f"round {r}: the most likely infected class {rec.most_likely} "
+                                    "is the original least likely one")
+        # Classes flagged in any round stay suspects: after a round the residual backdoor is
+        # weaker (often no longer an outlier) but its trigger is still worth unlearning.
+        st.suspects.update(rec.flagged)
+        # the sink's own recovered trigger is small once the masks have been taught to it:
+        # an artefact of the retraining, not a backdoor found
+        st.backdoor_seen = st.backdoor_seen or any(c != st.sink for c in rec.flagged)
+        # nothing flagged: the most likely class's trigger still drives a reset, and the
+        # retraining's out-of-distribution term works on watermarks Neural Cleanse cannot see;
+        # with keep_used_triggers that class then stays a suspect like a flagged one
+        work.used = sorted(st.suspects) or [rec.most_likely]
+        if cfg.keep_used_triggers:
+            st.suspects.update(work.used)
+        for c in work.used:
+            if c not in st.triggers or not cfg.keep_smallest_trigger or rec.norms[c] < st.triggers[c].norm:
+                st.triggers[c] = Trigger(float(rec.norms[c]), rec.masks[c], rec.patterns[c])
+        self._stamp(work)
+        return True
+
+    def _stamp(self, work: RoundWork) -> None:
+        """The subset stamped with each used trigger (probe), with a random half of each block
+        re-stamped with the grown trigger for retraining (trigger_dilate)."""
+        x, n, triggers = self.subset.x, len(self.subset), self.state.triggers
+        work.probe_stamped = np.concatenate([triggers[c].stamp(x) for c in work.used])
+        work.stamped = np.concatenate([
+            _with_grown_trigger(work.probe_stamped[i * n:(i + 1) * n], x, triggers[c].mask,
+                                triggers[c].pattern, self.cfg.trigger_dilate, self.cfg.seed + work.round)
+            for i, c in enumerate(work.used)]) if self.cfg.trigger_dilate > 0 else work.probe_stamped
+        work.stamped_y = np.tile(self.subset.y, len(work.used))
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, work: RoundWork) -> bool:
+        """Algorithm 1: reset the units whose mean activation the triggers raise most.
+        False when the round stops here."""
+        st = self.state
+        t = time.perf_counter()
+        clean_mean, stamp_mean = self.probe.means(self.subset.x, work.probe_stamped)
+        for layer in self.targets:
+            adiff = stamp_mean[layer.name] - clean_mean[layer.name]
+            thr = self.conv_t if layer.op == "Conv" else self.dense_t
+            floor = st.first_cutoffs.get(layer.name) if self.cfg.anchor_thresholds else None
+            units = thr.select(adiff, floor)
+            work.cutoffs[layer.name] = thr.cutoff(adiff, floor)
+            st.first_cutoffs.setdefault(layer.name, work.cutoffs[layer.name])
+            work.units_reset[layer.name] = int(units.size)
+            if units.size:
+                reset_units(self.tm, layer, units, st.keep)
+        work.times["reset"] = time.perf_counter() - t
+        # round 1 always retrains: its out-of-distribution term works on watermarks that
+        # neither Neural Cleanse nor the reset sees
+        if (work.round > 1 and not work.rec.flagged and sum(work.units_reset.values()) == 0
+                and self.cfg.early_stop):
+            return self._stop(work, f"round {work.round}: no class flagged and no unit reset")
+        return True
+
+    # ------------------------------------------------------------------ retrain
+    def retrain(self, work: RoundWork) -> None:
+        """Fine-tune on clean + stamped images (true labels), the masks and synthetic OOD
+        images as the sink class, distilling the original model on clean images."""
+        cfg, st, r = self.cfg, self.state, work.round
+        t = time.perf_counter()
+        work.shrink = cfg.shrink if r == 1 and not st.backdoor_seen and cfg.shrink != 1.0 else None
+        if work.shrink is not None:
+            shrink_weights(self.tm, self.layers, work.shrink)
+            st.keep.apply()   # units reset to a layer's median weight keep that value
+        reset_batchnorm_stats(self.tm.module)
+        # one sink for the whole run: moving it would make a later round unteach the last
+        if st.sink is None or st.sink in st.suspects:
+            st.sink = _sink_class(work.rec, st.suspects, self.ood_shares)
+        parts = RetrainingParts(self.subset, work.stamped, work.stamped_y, st.triggers, work.used,
+                                st.sink, cfg.ood_share, cfg.seed + r)
+        distill = cfg.retrain.distill * (cfg.flagged_distill_scale if st.backdoor_seen else 1.0)
+        base = replace(cfg.retrain, distill=distill)
+        if cfg.retrain.lr is None and st.chosen_lr is None:
+            st.chosen_lr, st.lr_scores = self._choose_lr(parts, base, cfg.seed + r)
+        work.retrain_cfg = replace(base, lr=st.chosen_lr if cfg.retrain.lr is None else cfg.retrain.lr)
+        data = _retraining_set(parts)
+        work.losses = retrain(self.tm.module, self.forward, data.x, data.y, work.retrain_cfg, st.keep,
+                              seed=cfg.seed + r, augment_mask=data.augment, teacher=self.teacher,
+                              distill_mask=data.distill, target_mask=torch.from_numpy(data.target),
+                              ood=data.ood, ood_label=st.sink, progress=self._bar(r, "retrain"))
+        reestimate_batchnorm(self.tm.module, self.forward, self.subset.x)
+        st.keep.apply()
+        work.times["retrain"] = time.perf_counter() - t
+
+    def _choose_lr(self, parts: RetrainingParts, rcfg: RetrainConfig, seed: int
+                   ) -> tuple[float, dict[str, float]]:
+        """Pick the retraining rate on a 20% hold-out of the subset (clean and stamped loss).
+
+        Returns the rate and, per candidate, the score and its clean and stamped cross-entropies
+        (keys "1e-3", "1e-3:clean", "1e-3:stamped").
+
+        How hard a converged model can be pushed by a few hundred images varies by an order of
+        magnitude between models; a short trial per candidate rate is cheap at this data size.
+        """
+        n = len(parts.subset)
+        order = np.random.default_rng(seed).permutation(n)
+        hold, train_idx = order[: max(2, n // 5)], order[max(2, n // 5):]
+        ho_idx = _stamped_index(hold, n, len(parts.stamped) // n)
+        data = _retraining_set(parts.split(train_idx))
+        module, keep = self.tm.module, self.state.keep
+        start = copy.deepcopy(module.state_dict())
+        scores: dict[str, float] = {}
+        tried: list[float] = []
+        for lr in LR_CANDIDATES:        # fastest first
+            # the held-out loss is unimodal in the rate: once a slower rate scored worse than
+            # the one before it, slower ones are not tried
+            if len(tried) >= 2 and scores[f"{tried[-1]:g}"] < scores[f"{tried[-2]:g}"]:
+                break
+            tried.append(lr)
+            module.load_state_dict(start)
+            keep.apply()
+            retrain(module, self.forward, data.x, data.y, replace(rcfg, lr=lr, max_epochs=rcfg.epochs),
+                    keep, seed=seed, augment_mask=data.augment, teacher=self.teacher,
+                    distill_mask=data.distill, ood=data.ood, ood_label=parts.sink)
+            # held-out cross-entropy: continuous, so it separates rates that a few dozen
+            # images' accuracy cannot
+            clean = _torch_loss(self.forward, parts.subset.x[hold], parts.subset.y[hold])
+            stamped = _torch_loss(self.forward, parts.stamped[ho_idx], parts.stamped_y[ho_idx])
+            scores[f"{lr:g}:clean"], scores[f"{lr:g}:stamped"] = clean, stamped
+            scores[f"{lr:g}"] = -(clean + stamped) / 2
+        module.load_state_dict(start)
+        keep.apply()
+        return _fastest_of_best({lr: scores[f"{lr:g}"] for lr in tried}), scores
+
+    # ------------------------------------------------------------------ keep
+    def keep(self, work: RoundWork) -> None:
+        """Record the round and keep its weights: the best round is chosen at the end."""
+        st = self.state
+        result = RoundResult(
+            round=work.round, recovery=work.rec.summary(), triggers_used=work.used,
+            sink_class=st.sink, ood_prediction_shares=self.ood_shares,
+            units_reset=work.units_reset, thresholds=work.cutoffs, lr=work.retrain_cfg.lr,
+            distill=work.retrain_cfg.distill, shrink=work.shrink,
+            lr_scores=st.lr_scores if work.round == 1 else {},
+            subset_accuracy=_torch_accuracy(self.forward, self.subset.x, self.subset.y),
+            stamped_accuracy=_torch_accuracy(self.forward, work.stamped, work.stamped_y),
+            losses=work.losses, seconds=work.times)
+        st.rounds.append(result)
+        if self.on_round:
+            self.on_round(result, self.forward)
+        st.weights[work.round] = copy.deepcopy(self.tm.module.state_dict())
+
+    def result(self) -> LaunderResult:
+        """The kept round's weights written back into the original graph."""
+        st = self.state
+        best_round = _best_round(st.rounds, self.cfg.keep_tolerance)
+        if best_round:
+            self.tm.module.load_state_dict(st.weights[best_round])
+        laundered = write_back(self.tm)
+        check_written(laundered, self.tm, self.x_check)
+        out = AuditModel.from_proto(laundered, device=self.am.device)
+        return LaunderResult(
+            model=out, rounds=st.rounds, best_round=best_round, stop_reason=st.stop,
+            original_least_likely=int(st.least_likely if st.least_likely is not None else -1),
+            subset_accuracy_before=self.acc_before,
+            subset_accuracy_after=out.accuracy(self.subset.x, self.subset.y, self.preprocess),
+            seconds=time.perf_counter() - self.t_start, recoveries=st.recoveries)
+
+
 def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,
                   config: LaunderConfig | None = None, *, progress: Progress | None = None,
                   on_round: Callable[[RoundResult, Callable], None] | None = None
                   ) -> LaunderResult:
     """Launder am using only subset (correctly labelled clean images). No file is written."""
-    cfg = config or LaunderConfig()
-    if not 0 < cfg.shrink <= 1:
-        raise AuditError(f"shrink must be in (0, 1], got {cfg.shrink}")
-    t_start = time.perf_counter()
-    k = am.info.num_classes
-    _check_subset(subset, k)
-    torch.manual_seed(cfg.seed)
-    dense_t, conv_t = Threshold.parse(cfg.dense_threshold), Threshold.parse(cfg.conv_threshold)
-    x_check = am.model_input(subset.x[:128], preprocess)
-    tm = to_torch(am, x_check)
-    forward = make_forward(tm, preprocess)
-    layers = find_probe_layers(tm.graph, am.original)
-    targets = choose_layers(layers, cfg.layers)
-    acc_before = am.accuracy(subset.x, subset.y, preprocess)
-    keep = ResetMask()
-    teacher = None
-    if cfg.retrain.distill > 0:
-        # the original model, untouched: a copy of the module before any reset
-        teacher_tm = replace(tm, module=copy.deepcopy(tm.module))
-        _freeze(teacher_tm.module, True)
-        teacher = make_forward(teacher_tm, preprocess)
-    rounds: list[RoundResult] = []
-    recoveries: list[Recovery] = []
-    states: dict[int, dict] = {}
-    ll0 = None
-    suspects: set[int] = set()
-    backdoor_seen = False   # a class other than the sink flagged in some round
-    triggers: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}   # class -> (norm, m, p)
-    first_cutoffs: dict[str, float] = {}
-    chosen_lr, lr_scores = None, {}
-    tm.module.eval()
-    ood_shares = _ood_shares(forward, subset, k, cfg.seed)   # the original model's
-    sink: int | None = None
-    stop = f"completed {cfg.rounds} round(s)"
-    for r in range(1, cfg.rounds + 1):
-        times: dict[str, float] = {}
-        t = time.perf_counter()
-        _freeze(tm.module, True)
-        nc = cfg.nc if r == 1 or cfg.nc_epochs_later is None else \
-            replace(cfg.nc, epochs=min(cfg.nc.epochs, cfg.nc_epochs_later))
-        rec = recover(forward, subset.x, k, nc, seed=cfg.seed + r,
-                      progress=(lambda e, n, r=r: progress(f"round {r}: recover", e, n))
-                      if progress else None)
-        _freeze(tm.module, False)
-        times["recover"] = time.perf_counter() - t
-        recoveries.append(rec)
-        if ll0 is None:
-            ll0 = rec.least_likely
-        elif rec.most_likely == ll0 and cfg.early_stop:
-            stop = (f"round {r}: the most likely infected class {rec.most_likely} is the original "
-                    "least likely one")
-            rounds.append(_stopped(r, rec, stop, times))
-            break
-        # Classes flagged in any round stay suspects: after a round the residual backdoor is
-        # weaker (often no longer an outlier) but its trigger is still worth unlearning.
-        suspects.update(rec.flagged)
-        # the sink's own recovered trigger is small once the masks have been taught to it:
-        # an artefact of the retraining, not a backdoor found
-        backdoor_seen = backdoor_seen or any(c != sink for c in rec.flagged)
-        # nothing flagged: the most likely class's trigger still drives a reset, and the
-        # retraining's out-of-distribution term works on watermarks Neural Cleanse cannot see;
-        # with keep_used_triggers that class then stays a suspect like a flagged one
-        used = sorted(suspects) or [rec.most_likely]
-        if cfg.keep_used_triggers:
-            suspects.update(used)
-        for c in used:
-            if (c not in triggers or not cfg.keep_smallest_trigger
-                    or rec.norms[c] < triggers[c][0]):
-                triggers[c] = (float(rec.norms[c]), rec.masks[c], rec.patterns[c])
-        probe_stamped = np.concatenate([stamp(subset.x, *triggers[c][1:]) for c in used])
-        n_sub = len(subset)
-        stamped = np.concatenate([
-            _with_grown_trigger(probe_stamped[i * n_sub:(i + 1) * n_sub], subset.x,
-                                *triggers[c][1:], cfg.trigger_dilate, cfg.seed + r)
-            for i, c in enumerate(used)]) if cfg.trigger_dilate > 0 else probe_stamped
-        stamped_y = np.tile(subset.y, len(used))
-
-        t = time.perf_counter()
-        current = AuditModel.from_proto(write_back(tm), device=am.device)
-        clean_mean = mean_activations(current, subset.x, preprocess, targets)
-        stamp_mean = mean_activations(current, probe_stamped, preprocess, targets)
-        reset_counts, cutoffs = {}, {}
-        for layer in targets:
-            adiff = stamp_mean[layer.name] - clean_mean[layer.name]
-            thr = conv_t if layer.op == "Conv" else dense_t
-            floor = first_cutoffs.get(layer.name) if cfg.anchor_thresholds else None
-            units = thr.select(adiff, floor)
-            cutoffs[layer.name] = thr.cutoff(adiff, floor)
-            first_cutoffs.setdefault(layer.name, cutoffs[layer.name])
-            reset_counts[layer.name] = int(units.size)
-            if units.size:
-                reset_units(tm, layer, units, keep)
-        times["reset"] = time.perf_counter() - t
-        # round 1 always retrains: its out-of-distribution term works on watermarks that
-        # neither Neural Cleanse nor the reset sees
-        if r > 1 and not rec.flagged and sum(reset_counts.values()) == 0 and cfg.early_stop:
-            stop = f"round {r}: no class flagged and no unit reset"
-            rounds.append(_stopped(r, rec, stop, times))
-            break
-
-        t = time.perf_counter()
-        shrink = cfg.shrink if r == 1 and not backdoor_seen and cfg.shrink != 1.0 else None
-        if shrink is not None:
-            shrink_weights(tm, layers, shrink)
-            keep.apply()   # units reset to a layer's median weight keep that value
-        reset_batchnorm_stats(tm.module)
-        # one sink for the whole run: moving it would make a later round unteach the last
-        if sink is None or sink in suspects:
-            sink = _sink_class(rec, suspects, ood_shares)
-        parts = (subset, stamped, stamped_y, triggers, used, sink, cfg.ood_share, cfg.seed + r)
-        distill = cfg.retrain.distill * (cfg.flagged_distill_scale if backdoor_seen else 1.0)
-        base = replace(cfg.retrain, distill=distill)
-        if cfg.retrain.lr is None and chosen_lr is None:
-            chosen_lr, lr_scores = _choose_lr(tm, forward, parts, base, keep, teacher,
-                                              cfg.seed + r)
-        rcfg = replace(base, lr=chosen_lr if cfg.retrain.lr is None else cfg.retrain.lr)
-        x_train, y_train, aug, distill_mask, target_mask, ood = _retraining_set(*parts)
-        losses = retrain(tm.module, forward, x_train, y_train, rcfg, keep,
-                         seed=cfg.seed + r, augment_mask=aug, teacher=teacher,
-                         distill_mask=distill_mask, target_mask=torch.from_numpy(target_mask),
-                         ood=ood, ood_label=sink,
-                         progress=(lambda e, n, r=r: progress(f"round {r}: retrain", e, n))
-                         if progress else None)
-        reestimate_batchnorm(tm.module, forward, subset.x)
-        keep.apply()
-        times["retrain"] = time.perf_counter() - t
-        acc = _torch_accuracy(forward, subset.x, subset.y)
-        stamped_acc = _torch_accuracy(forward, stamped, stamped_y)
-        rounds.append(RoundResult(round=r, recovery=rec.summary(), triggers_used=used,
-                                  sink_class=sink, ood_prediction_shares=ood_shares,
-                                  units_reset=reset_counts, thresholds=cutoffs,
-                                  lr=rcfg.lr, distill=rcfg.distill, shrink=shrink,
-                                  lr_scores=lr_scores if r == 1 else {},
-                                  subset_accuracy=acc, stamped_accuracy=stamped_acc,
-                                  losses=losses, seconds=times))
-        if on_round:
-            on_round(rounds[-1], forward)
-        states[r] = copy.deepcopy(tm.module.state_dict())
-    best_round = _best_round(rounds, cfg.keep_tolerance)
-    if best_round:
-        tm.module.load_state_dict(states[best_round])
-    laundered = write_back(tm)
-    check_written(laundered, tm, x_check)
-    out_am = AuditModel.from_proto(laundered, device=am.device)
-    return LaunderResult(model=out_am, rounds=rounds, best_round=best_round, stop_reason=stop,
-                         original_least_likely=int(ll0 if ll0 is not None else -1),
-                         subset_accuracy_before=acc_before,
-                         subset_accuracy_after=out_am.accuracy(subset.x, subset.y, preprocess),
-                         seconds=time.perf_counter() - t_start, recoveries=recoveries)
+    return Launderer(am, subset, preprocess, config or LaunderConfig(), progress=progress,
+                     on_round=on_round).run()
 
 
 def _best_round(rounds: list[RoundResult], tolerance: float) -> int:
@@ -385,32 +614,36 @@ def _with_grown_trigger(stamped: np.ndarray, x01: np.ndarray, mask: np.ndarray,
     return out
 
 
-def _retraining_set(subset: Dataset, stamped: np.ndarray, stamped_y: np.ndarray,
-                    triggers: dict, used: list[int], sink: int, share: float, ood_seed: int = 0,
-                    mask_share: float = 0.02):
+def _stamped_index(idx: np.ndarray, n: int, reps: int) -> np.ndarray:
+    """Indices of the stamped copies of subset images idx: one block of n per trigger used."""
+    return np.concatenate([idx + i * n for i in range(reps)])
+
+
+def _retraining_set(parts: RetrainingParts, mask_share: float = 0.02) -> RetrainingSet:
     """Clean + stamped (true labels) + the recovered masks labelled as the sink class.
 
     As in the paper, the masks (and triggers) of the triggers used are labelled with the sink
-    class (``mask_share`` of the data). With ``share`` > 0 the returned ``ood(epoch)`` makes
-    fresh synthetic out-of-distribution images, ``share`` of the data, for each epoch.
+    class (``mask_share`` of the data). With ``parts.ood_share`` > 0 the returned ``ood(epoch)``
+    makes fresh synthetic out-of-distribution images, that share of the data, for each epoch.
     """
+    subset, stamped = parts.subset, parts.stamped
     c = subset.x.shape[1]
     n_data = len(subset) + len(stamped)
-    masks = np.stack([triggers[k][1] for k in used])
-    patterns = np.stack([triggers[k][2] for k in used])
+    masks = np.stack([parts.triggers[k].mask for k in parts.used])
+    patterns = np.stack([parts.triggers[k].pattern for k in parts.used])
     used_imgs = np.concatenate([np.repeat(masks, c, axis=1), masks * patterns]).astype(np.float32)
     reps = max(1, int(round(mask_share * n_data / max(len(used_imgs), 1))))
     extra = np.tile(used_imgs, (reps, 1, 1, 1))
     x = np.concatenate([subset.x, stamped, extra]).astype(np.float32)
-    y = np.concatenate([subset.y, stamped_y, np.full(len(extra), sink)]).astype(np.int64)
+    y = np.concatenate([subset.y, parts.stamped_y, np.full(len(extra), parts.sink)]).astype(np.int64)
     n, s = len(subset), len(stamped)
     idx = np.arange(len(y))
-    aug = idx < n + s                  # masks are positional: never shifted
-    distill_mask = idx < n             # the original model is trusted on clean images only
-    target_mask = (idx >= n) & (idx < n + s)
-    n_ood = int(round(share * n_data))
-    ood = _ood_stream(n_ood, subset, ood_seed) if n_ood else None
-    return x, y, aug, distill_mask, target_mask, ood
+    n_ood = int(round(parts.ood_share * n_data))
+    return RetrainingSet(x=x, y=y,
+                         augment=idx < n + s,          # masks are positional: never shifted
+                         distill=idx < n,              # the original model is trusted on clean images only
+                         target=(idx >= n) & (idx < n + s),
+                         ood=_ood_stream(n_ood, subset, parts.ood_seed) if n_ood else None)
 
 
 def _ood_stream(n: int, subset: Dataset, seed: int, cache_bytes: int = 64 << 20):
@@ -431,59 +664,10 @@ def _ood_stream(n: int, subset: Dataset, seed: int, cache_bytes: int = 64 << 20)
 
 
 LR_CANDIDATES = (1e-3, 3e-4, 1e-4)
+# scores within LR_TIE (relative) of the best are a tie, won by the fastest rate: a fifth of a
+# small subset cannot separate them, and the faster rate moves the model further from the
+# watermarked original
 LR_TIE = 0.05
-
-
-def _choose_lr(tm, forward, parts, rcfg: RetrainConfig, keep: ResetMask, teacher, seed: int
-               ) -> tuple[float, dict[str, float]]:
-    """Pick the retraining rate on a 20% hold-out of the subset (clean and stamped loss).
-
-    Returns the rate and, per candidate, the score and its clean and stamped cross-entropies
-    (keys "1e-3", "1e-3:clean", "1e-3:stamped").
-
-    How hard a converged model can be pushed by a few hundred images varies by an order of
-    magnitude between models; a short trial per candidate rate is cheap at this data size.
-    """
-    subset, stamped, stamped_y, triggers, used, sink, share, ood_seed = parts
-    rng = np.random.default_rng(seed)
-    n = len(subset)
-    order = rng.permutation(n)
-    hold = order[: max(2, n // 5)]
-    train_idx = order[max(2, n // 5):]
-    reps = len(stamped) // n
-    st_idx = np.concatenate([train_idx + i * n for i in range(reps)])
-    ho_idx = np.concatenate([hold + i * n for i in range(reps)])
-    part = (subset.subset(train_idx), stamped[st_idx], stamped_y[st_idx], triggers, used, sink,
-            share, ood_seed)
-    x, y, aug, dm, tmask, ood = _retraining_set(*part)
-    start = copy.deepcopy(tm.module.state_dict())
-    scores = {}
-    tried: list[float] = []
-    for lr in LR_CANDIDATES:        # fastest first
-        # the held-out loss is unimodal in the rate: once a slower rate scored worse than the
-        # one before it, slower ones are not tried (saves a third of the trials when the
-        # fastest rate wins, as on the digits models and 2 of the 4 MNIST zoo models)
-        if len(tried) >= 2 and scores[f"{tried[-1]:g}"] < scores[f"{tried[-2]:g}"]:
-            break
-        tried.append(lr)
-        tm.module.load_state_dict(start)
-        keep.apply()
-        trial = replace(rcfg, lr=lr, max_epochs=rcfg.epochs)
-        retrain(tm.module, forward, x, y, trial, keep, seed=seed, augment_mask=aug,
-                teacher=teacher, distill_mask=dm, ood=ood, ood_label=sink)
-        # held-out cross-entropy: continuous, so it separates rates that a few dozen
-        # images' accuracy cannot
-        clean = _torch_loss(forward, subset.x[hold], subset.y[hold])
-        stamped_loss = _torch_loss(forward, stamped[ho_idx], stamped_y[ho_idx])
-        scores[f"{lr:g}:clean"], scores[f"{lr:g}:stamped"] = clean, stamped_loss
-        scores[f"{lr:g}"] = -(clean + stamped_loss) / 2
-    tm.module.load_state_dict(start)
-    keep.apply()
-    # scores within LR_TIE (relative) of the best are a tie, won by the fastest rate: a fifth of
-    # a small subset cannot separate them, and the faster rate moves the model further from
-    # the watermarked original (digits Adi after the shrunk warm start: 3e-4 won by 0.016 of
-    # 0.96 and kept 93.3% test accuracy, 1e-3 kept 96.2%)
-    return _fastest_of_best({lr: scores[f"{lr:g}"] for lr in tried}), scores
 
 
 def _fastest_of_best(score: dict[float, float], tie: float = LR_TIE) -> float:

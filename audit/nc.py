@@ -153,104 +153,154 @@ def recover(forward: Callable[[torch.Tensor], torch.Tensor], x01: np.ndarray, nu
                     epochs_run=epochs_run, seconds=time.perf_counter() - t0, config=cfg.to_dict())
 
 
-def _recover_chunk(forward, data: torch.Tensor, chunk: list[int], cfg: NCConfig,
-                   gen: torch.Generator, progress, device: str) -> dict:
-    k = len(chunk)
-    n, c, h, w = data.shape
-    # NC initialises the raw parameters randomly; atanh of U(0,1) squashed values
-    init_m = torch.rand((k, 1, h, w), generator=gen) * 0.98 + 0.01
-    init_p = torch.rand((k, c, h, w), generator=gen) * 0.98 + 0.01
-    mask_raw = torch.atanh((init_m - 0.5) * 2).to(device).requires_grad_(True)
-    pat_raw = torch.atanh((init_p - 0.5) * 2).to(device).requires_grad_(True)
-    opt = torch.optim.Adam([mask_raw, pat_raw], lr=cfg.lr, betas=cfg.betas)
-    target = torch.tensor(chunk, device=device)
-    cost = np.full(k, cfg.init_cost)
-    up_cnt = np.zeros(k, int)
-    down_cnt = np.zeros(k, int)
-    up_flag = np.zeros(k, bool)
-    down_flag = np.zeros(k, bool)
-    set_cnt = np.zeros(k, int)
-    best_norm = np.full(k, np.inf)
-    best_mask = np.zeros((k, 1, h, w), np.float32)
-    best_pat = np.zeros((k, c, h, w), np.float32)
-    best_succ = np.zeros(k)
-    es_best = np.full(k, np.inf)
-    es_cnt = np.zeros(k, int)
-    done = np.zeros(k, bool)
-    last_mask = last_pat = None
-    last_succ = np.zeros(k)
-    bs = min(cfg.batch_size, n)
-    steps = max(1, min(cfg.steps_per_epoch, math.ceil(n / bs)))
-    epoch = 0
-    for epoch in range(1, cfg.epochs + 1):
-        active = np.flatnonzero(~done)
-        if active.size == 0:
-            break
+class CostSchedule:
+    """Neural Cleanse's per-class schedule of the L1 weight lambda, and its early stop.
+
+    After ``patience`` epochs with attack success >= ``attack_threshold`` lambda is multiplied
+    by ``cost_up``; after ``patience`` epochs below it, divided by ``cost_down``. A class stops
+    ``early_stop_patience`` epochs after its best norm last improved by 1 - early_stop_threshold,
+    once lambda has moved both ways. A lambda of 0 that keeps succeeding for ``patience``
+    epochs is restarted at ``init_cost``.
+    """
+
+    def __init__(self, cfg: NCConfig, k: int) -> None:
+        self.cfg = cfg
+        self.cost = np.full(k, cfg.init_cost)
+        self.up_cnt = np.zeros(k, int)
+        self.down_cnt = np.zeros(k, int)
+        self.up_flag = np.zeros(k, bool)
+        self.down_flag = np.zeros(k, bool)
+        self.set_cnt = np.zeros(k, int)
+        self.best_norm = np.full(k, np.inf)
+        self.es_best = np.full(k, np.inf)
+        self.es_cnt = np.zeros(k, int)
+        self.done = np.zeros(k, bool)
+
+    def observe(self, j: int, success: float, norm: float) -> bool:
+        """Class j's attack success and mask norm after an epoch; True when its trigger is the
+        best so far (successful and the smallest)."""
+        improved = success >= self.cfg.attack_threshold and norm < self.best_norm[j]
+        if improved:
+            self.best_norm[j] = norm
+        if self.cfg.early_stop and np.isfinite(self.best_norm[j]):
+            self._early_stop(j)
+        self._move_cost(j, success)
+        return bool(improved)
+
+    def _early_stop(self, j: int) -> None:
+        cfg = self.cfg
+        if self.best_norm[j] >= cfg.early_stop_threshold * self.es_best[j]:
+            self.es_cnt[j] += 1
+        else:
+            self.es_cnt[j] = 0
+        self.es_best[j] = min(self.best_norm[j], self.es_best[j])
+        if self.up_flag[j] and self.down_flag[j] and self.es_cnt[j] >= cfg.early_stop_patience:
+            self.done[j] = True
+
+    def _move_cost(self, j: int, success: float) -> None:
+        cfg = self.cfg
+        ok = success >= cfg.attack_threshold
+        if self.cost[j] == 0 and ok:
+            self.set_cnt[j] += 1
+            if self.set_cnt[j] >= cfg.patience:
+                self.cost[j] = cfg.init_cost
+                self.up_cnt[j] = self.down_cnt[j] = 0
+                self.up_flag[j] = self.down_flag[j] = False
+        else:
+            self.set_cnt[j] = 0
+        if ok:
+            self.up_cnt[j] += 1
+            self.down_cnt[j] = 0
+        else:
+            self.up_cnt[j] = 0
+            self.down_cnt[j] += 1
+        if self.up_cnt[j] >= cfg.patience:
+            self.up_cnt[j] = 0
+            self.cost[j] *= cfg.cost_up
+            self.up_flag[j] = True
+        elif self.down_cnt[j] >= cfg.patience:
+            self.down_cnt[j] = 0
+            self.cost[j] /= cfg.cost_down
+            self.down_flag[j] = True
+
+
+class _ChunkTriggers:
+    """The raw mask and pattern parameters of a chunk of classes and their optimiser."""
+
+    def __init__(self, forward, data: torch.Tensor, chunk: list[int], cfg: NCConfig,
+                 gen: torch.Generator, device: str) -> None:
+        k = len(chunk)
+        n, c, h, w = data.shape
+        self.forward, self.data, self.cfg, self.gen, self.device = forward, data, cfg, gen, device
+        # NC initialises the raw parameters randomly; atanh of U(0,1) squashed values
+        init_m = torch.rand((k, 1, h, w), generator=gen) * 0.98 + 0.01
+        init_p = torch.rand((k, c, h, w), generator=gen) * 0.98 + 0.01
+        self.mask_raw = torch.atanh((init_m - 0.5) * 2).to(device).requires_grad_(True)
+        self.pat_raw = torch.atanh((init_p - 0.5) * 2).to(device).requires_grad_(True)
+        self.opt = torch.optim.Adam([self.mask_raw, self.pat_raw], lr=cfg.lr, betas=cfg.betas)
+        self.target = torch.tensor(chunk, device=device)
+        self.bs = min(cfg.batch_size, n)
+        self.steps = max(1, min(cfg.steps_per_epoch, math.ceil(n / self.bs)))
+
+    def epoch(self, active: np.ndarray, cost: np.ndarray) -> np.ndarray:
+        """One epoch of the active classes; their mean attack success (0 for the others)."""
+        n, c, h, w = self.data.shape
+        bs, device, param = self.bs, self.device, self.cfg.param
         act_t = torch.from_numpy(active).to(device)
-        succ_sum = np.zeros(k)
-        for _ in range(steps):
-            idx = torch.randint(0, n, (bs,), generator=gen).to(device)
-            x = data[idx]                                        # [B, C, H, W]
-            m = _squash(mask_raw[act_t], cfg.param)               # [A, 1, H, W]
-            p = _squash(pat_raw[act_t], cfg.param)                # [A, C, H, W]
+        succ_sum = np.zeros(len(self.target))
+        for _ in range(self.steps):
+            idx = torch.randint(0, n, (bs,), generator=self.gen).to(device)
+            x = self.data[idx]                                       # [B, C, H, W]
+            m = _squash(self.mask_raw[act_t], param)                  # [A, 1, H, W]
+            p = _squash(self.pat_raw[act_t], param)                   # [A, C, H, W]
             stamped = (1 - m[:, None]) * x[None] + (m * p)[:, None]   # [A, B, C, H, W]
-            logits = forward(stamped.reshape(-1, c, h, w))
-            labels = target[act_t].repeat_interleave(bs)
+            logits = self.forward(stamped.reshape(-1, c, h, w))
+            labels = self.target[act_t].repeat_interleave(bs)
             ce = F.cross_entropy(logits, labels, reduction="none").view(len(active), bs).mean(1)
             l1 = m.sum(dim=(1, 2, 3))
             lam = torch.as_tensor(cost[active], dtype=l1.dtype, device=device)
             loss = (ce + lam * l1).sum()
-            opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            self.opt.step()
             with torch.no_grad():
                 hit = (logits.argmax(1) == labels).float().view(len(active), bs).mean(1)
             succ_sum[active] += hit.cpu().numpy()
-        succ = succ_sum / steps
-        with torch.no_grad():
-            cur_m = _squash(mask_raw, cfg.param).cpu().numpy()
-            cur_p = _squash(pat_raw, cfg.param).cpu().numpy()
-        last_mask, last_pat = cur_m, cur_p
+        return succ_sum / self.steps
+
+    @torch.no_grad()
+    def current(self) -> tuple[np.ndarray, np.ndarray]:
+        """Masks [k, 1, H, W] and patterns [k, C, H, W] in [0, 1]."""
+        return (_squash(self.mask_raw, self.cfg.param).cpu().numpy(),
+                _squash(self.pat_raw, self.cfg.param).cpu().numpy())
+
+
+def _recover_chunk(forward, data: torch.Tensor, chunk: list[int], cfg: NCConfig,
+                   gen: torch.Generator, progress, device: str) -> dict:
+    k = len(chunk)
+    n, c, h, w = data.shape
+    trig = _ChunkTriggers(forward, data, chunk, cfg, gen, device)
+    sched = CostSchedule(cfg, k)
+    best_mask = np.zeros((k, 1, h, w), np.float32)
+    best_pat = np.zeros((k, c, h, w), np.float32)
+    best_succ = np.zeros(k)
+    last_mask = last_pat = None
+    last_succ = np.zeros(k)
+    epoch = 0
+    for epoch in range(1, cfg.epochs + 1):
+        active = np.flatnonzero(~sched.done)
+        if active.size == 0:
+            break
+        succ = trig.epoch(active, sched.cost)
+        last_mask, last_pat = trig.current()
         for j in active:
             last_succ[j] = succ[j]
-            l1_now = float(cur_m[j].sum())
-            if succ[j] >= cfg.attack_threshold and l1_now < best_norm[j]:
-                best_norm[j], best_succ[j] = l1_now, succ[j]
-                best_mask[j], best_pat[j] = cur_m[j], cur_p[j]
-            # early stopping on the best norm, once lambda has been moved both ways
-            if cfg.early_stop and np.isfinite(best_norm[j]):
-                if best_norm[j] >= cfg.early_stop_threshold * es_best[j]:
-                    es_cnt[j] += 1
-                else:
-                    es_cnt[j] = 0
-                es_best[j] = min(best_norm[j], es_best[j])
-                if up_flag[j] and down_flag[j] and es_cnt[j] >= cfg.early_stop_patience:
-                    done[j] = True
-            # lambda schedule
-            if cost[j] == 0 and succ[j] >= cfg.attack_threshold:
-                set_cnt[j] += 1
-                if set_cnt[j] >= cfg.patience:
-                    cost[j] = cfg.init_cost
-                    up_cnt[j] = down_cnt[j] = 0
-                    up_flag[j] = down_flag[j] = False
-            else:
-                set_cnt[j] = 0
-            if succ[j] >= cfg.attack_threshold:
-                up_cnt[j] += 1
-                down_cnt[j] = 0
-            else:
-                up_cnt[j] = 0
-                down_cnt[j] += 1
-            if up_cnt[j] >= cfg.patience:
-                up_cnt[j] = 0
-                cost[j] *= cfg.cost_up
-                up_flag[j] = True
-            elif down_cnt[j] >= cfg.patience:
-                down_cnt[j] = 0
-                cost[j] /= cfg.cost_down
-                down_flag[j] = True
+            if sched.observe(j, succ[j], float(last_mask[j].sum())):
+                best_succ[j] = succ[j]
+                best_mask[j], best_pat[j] = last_mask[j], last_pat[j]
         if progress:
             progress(epoch, cfg.epochs)
+    best_norm = sched.best_norm
     # classes that never reached the success threshold keep their last trigger
     for j in range(k):
         if not np.isfinite(best_norm[j]):

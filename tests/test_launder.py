@@ -280,7 +280,7 @@ def test_output_is_the_same_graph_with_new_weights(zoo, laundered):
 def test_learning_rate_ties_go_to_the_fastest_rate():
     from audit.launder import _fastest_of_best
 
-    # session 6, digits Adi after the shrunk warm start: 3e-4 "won" by 0.016 of 0.96
+    # digits Adi after the shrunk warm start: 3e-4 "wins" by 0.016 of 0.96, a tie
     assert _fastest_of_best({1e-3: -0.9768, 3e-4: -0.9609}) == 1e-3
     assert _fastest_of_best({1e-3: -1.20, 3e-4: -0.96}) == 3e-4      # a real difference
     assert _fastest_of_best({1e-3: -0.30, 3e-4: -0.20, 1e-4: -0.199}) == 3e-4
@@ -302,6 +302,34 @@ def test_shrink_weights_scales_weights_not_biases(zoo):
     for n, p in tm.module.named_parameters():
         assert torch.equal(p.detach(), before[n] * (0.5 if n.endswith("weight") else 1.0)), n
     assert any(not n.endswith("weight") for n in before)   # the biases were there to keep
+
+
+def test_probe_swaps_weights_into_the_normalised_graph(zoo):
+    """The reset's probe (trained weights swapped into the normalised graph's initializers)
+    measures exactly what the written-back, re-normalised model measures."""
+    import torch
+
+    from audit.converters.to_torch import to_torch
+    from audit.converters.write_back import write_back
+    from audit.graphs.probe import find_probe_layers, mean_activations
+    from audit.launder import Probe
+
+    am = AuditModel.load(zoo["entry"].watermarked, device="cpu")
+    tm = to_torch(am, am.model_input(zoo["test"].x[:64], PP))
+    layers = [layer for layer in find_probe_layers(tm.graph, am.original) if not layer.is_output]
+    with torch.no_grad():
+        for p in tm.module.parameters():
+            p.mul_(0.9).add_(0.01)
+    probe = Probe(am, tm, PP, layers)
+    assert probe.swappable
+    x = zoo["subset_ds"].x
+    (got,) = probe.means(x)
+    want = mean_activations(AuditModel.from_proto(write_back(tm), device="cpu"), x, PP, layers)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    before = mean_activations(am, x, PP, layers)
+    assert any(not np.array_equal(before[n], want[n]) for n in want)
 
 
 # ------------------------------------------------------------------------------------------
@@ -544,7 +572,7 @@ def test_badnets_mnist_launder(shared_data, tmp_path, one_thread):
     out = tmp_path / "laundered.onnx"
     t = time.perf_counter()
     # defaults (seed 0): round 1 flags class 1 and retrains with distillation x3 and the
-    # weight average (bench/launder_badnets.py: 97.17% / 1.60% on this seed, session 5)
+    # weight average (bench/launder_badnets.py: 97.17% / 1.60% on this seed)
     cfg = LaunderConfig(device="cpu")
     res = launder(model, data, out, preprocess=BADNETS_PP, config=cfg, device="cpu")
     seconds = time.perf_counter() - t
