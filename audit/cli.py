@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -10,7 +11,7 @@ import sys
 
 import click
 
-from audit.errors import AuditError
+from audit.errors import one_line
 
 log = logging.getLogger("audit")
 
@@ -77,7 +78,40 @@ def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=json_default))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: command name -> module holding it; loaded when the command is asked for
+COMMANDS = {
+    "inspect": "audit.commands.inspect",
+    "evaluate": "audit.commands.evaluate",
+    "launder": "audit.commands.launder",
+    "detect": "audit.commands.detect",
+    "verify": "audit.commands.verify",
+    "demo": "audit.commands.demo",
+    "zoo": "audit.models_zoo.cli",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that knows its commands from the start and imports each one when it is used
+    (listed in --help, invoked), so that `audit --help` stays cheap and no module cycle forms."""
+
+    def __init__(self, *args, lazy: dict[str, str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name: str):
+        if name not in self.commands and name in self.lazy:
+            mod = importlib.import_module(self.lazy[name])
+            cmd = getattr(mod, name.replace("-", "_"), None) or getattr(mod, "command", None)
+            if cmd is None:
+                return None
+            self.add_command(cmd, name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="audit-laundering", prog_name="audit")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr.")
 def cli(verbose: int) -> None:
@@ -93,19 +127,13 @@ def main() -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: one error line and 2 instead of a traceback."""
-    from audit.commands import register
-
-    register(cli)
     try:
         rv = cli.main(args=argv, prog_name="audit", standalone_mode=False)
-    except AuditError as exc:
-        click.echo(f"error: {_one_line(exc)}", err=True)
-        return 2
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         return 1
-    except click.ClickException as exc:
-        click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+    except click.ClickException as exc:   # AuditError included
+        click.echo(f"error: {one_line(exc.format_message()) or type(exc).__name__}", err=True)
         return 2
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
@@ -113,15 +141,10 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as exc:  # never a traceback for users; AUDIT_DEBUG=1 shows it
         if os.environ.get("AUDIT_DEBUG"):
             raise
-        click.echo(f"error: internal error: {type(exc).__name__}: {_one_line(exc)} "
+        click.echo(f"error: internal error: {type(exc).__name__}: {one_line(exc) or type(exc).__name__} "
                    "(set AUDIT_DEBUG=1 for a traceback)", err=True)
         return 2
     return rv if isinstance(rv, int) else 0
-
-
-def _one_line(exc) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import click
 
-class AuditError(Exception):
-    """Base of every error the CLI reports as one line (exit 2)."""
+
+class AuditError(click.ClickException):
+    """Base of every error the CLI reports as one line, ``error: ...``, with exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {one_line(self.format_message())}", file=file, err=file is None)
+
+
+def one_line(text) -> str:
+    """text with every run of whitespace (newlines included) made one space."""
+    return " ".join(str(text).split())
 
 
 class ModelError(AuditError):

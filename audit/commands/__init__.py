@@ -1,32 +1,16 @@
-"""CLI commands; each module holds one command."""
+"""CLI commands; each module holds one command. audit.cli.COMMANDS names them."""
 
 from __future__ import annotations
 
-import importlib
-
 import click
-
-_COMMANDS = {
-    "inspect": "audit.commands.inspect",
-    "evaluate": "audit.commands.evaluate",
-    "launder": "audit.commands.launder",
-    "detect": "audit.commands.detect",
-    "verify": "audit.commands.verify",
-    "demo": "audit.commands.demo",
-    "zoo": "audit.models_zoo.cli",
-}
 
 
 def register(group: click.Group) -> None:
-    for name, module in _COMMANDS.items():
-        if name in group.commands:
-            continue
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:
-                continue  # not written yet
-            raise
-        cmd = getattr(mod, name, None) or getattr(mod, "command", None)
-        if cmd is not None:
-            group.add_command(cmd, name)
+    """Add every command of audit.cli.COMMANDS to group (importing each)."""
+    from audit.cli import COMMANDS, cli
+
+    for name in COMMANDS:
+        if name not in group.commands:
+            cmd = cli.get_command(None, name)
+            if cmd is not None:
+                group.add_command(cmd, name)
