@@ -468,7 +468,7 @@ def test_anomaly_index_flat_norms():
 
 
 def test_anomaly_index_log_scale():
-    # session 4's MNIST content zoo model (bench/results/detect_models.json): class 0's trigger
+    # an MNIST content zoo model (bench/results/detect_models.json): class 0's trigger
     # is 3.2x smaller than any other, but the clean norms' spread hides it on the L1 scale
     norms = np.array([17.543, 127.426, 60.871, 69.3, 92.7, 81.4, 96.5, 112.4, 57.0, 119.9])
     idx_l1, flagged_l1 = anomaly_index(norms)
