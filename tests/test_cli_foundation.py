@@ -318,3 +318,20 @@ def test_bad_input_subprocess(case, files, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and expect.format(**fmt) in lines[0]
     assert snapshot(tmp_path) == before
+
+
+def test_click_runner_sees_every_command_and_errors_are_one_line(tmp_path):
+    """The group knows its commands at import; AuditError is a ClickException (exit 2)."""
+    import click
+    from click.testing import CliRunner
+
+    from audit.cli import COMMANDS, cli
+    from audit.errors import AuditError, DataError
+
+    assert issubclass(AuditError, click.ClickException) and DataError("x").exit_code == 2
+    r = CliRunner().invoke(cli, ["--help"])
+    assert r.exit_code == 0 and all(name in r.output for name in COMMANDS)
+    r = CliRunner().invoke(cli, ["launder", str(tmp_path / "missing.onnx"), "--data", str(tmp_path),
+                                 "-o", str(tmp_path / "out.onnx")])
+    assert r.exit_code == 2
+    assert r.output.count("\n") == 1 and r.output.startswith("error: "), r.output
