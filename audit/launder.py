@@ -17,7 +17,7 @@ import torch
 from onnx import numpy_helper
 
 from audit.converters.to_torch import to_torch
-from audit.converters.write_back import check_written, write_back
+from audit.converters.write_back import check_written, weight_tensors, write_back
 from audit.data import Dataset, Preprocess
 from audit.errors import AuditError, DataError
 from audit.forward import make_forward
@@ -289,7 +289,7 @@ def _swappable(am: AuditModel, tm) -> bool:
 
 def _normalised_values(am: AuditModel, tm) -> dict[str, np.ndarray]:
     """Normalised-initializer name -> the torch module's value, in the initializer's type."""
-    originals = {t.name: t for t in am.original.graph.initializer}
+    originals = weight_tensors(am.original)   # initializers and Constant-node weights
     normalised = {t.name: t for t in am.normalised.graph.initializer}
     out = {}
     for b in tm.bindings:

@@ -29,7 +29,7 @@ def write_back(tm: TorchModel, x_check: np.ndarray | None = None, *,
     original = tm.source.original
     m = P.copy_model(original)
     new = updated_initializers(tm)
-    tensors = _weight_tensors(m)
+    tensors = weight_tensors(m)
     for name, value in new.items():
         t = tensors.get(name)
         if t is None:
@@ -51,7 +51,7 @@ def write_back(tm: TorchModel, x_check: np.ndarray | None = None, *,
 FLOAT16_ATOL = 2e-2
 
 
-def _weight_tensors(m: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+def weight_tensors(m: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """Tensor name -> the TensorProto holding its value: initializers, and the `value` of
     Constant nodes (paddle2onnx stores weights so; normalisation lifted them to initializers)."""
     out = {t.name: t for t in m.graph.initializer}

@@ -13,6 +13,9 @@ import onnxruntime as ort
 from audit.errors import AuditError
 
 log = logging.getLogger(__name__)
+# onnxruntime's own warnings (shape-merge notes on loading exported graphs) are not the
+# user's concern; errors still surface as exceptions
+ort.set_default_logger_severity(3)
 DEVICES = ("auto", "cpu", "cuda")
 
 
