@@ -454,6 +454,10 @@ def gemm_bias(model: onnx.ModelProto, ctx: PassContext):
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    return {name: len(dims) for name, dims in _static_shapes(model).items()}
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:
@@ -462,7 +466,7 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         t = vi.type.tensor_type
         if t.HasField("shape"):
-            out[vi.name] = len(t.shape.dim)
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
     return out
 
 
@@ -873,18 +877,6 @@ def _pooled_sizes(sizes, kernel, strides, begin, end, dil, ceil_mode) -> list[in
         out.append(steps + 1)
     return out
 
-
-def _static_shapes(model: onnx.ModelProto) -> dict[str, list]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        return {}
-    out = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-    return out
 
 
 # ---------------------------------------------------------------- old opsets
