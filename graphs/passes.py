@@ -809,55 +809,25 @@ def pool_unit_axes(model: onnx.ModelProto, ctx: PassContext):
     m = copy_model(model)
     modified = False
     for n in list(m.graph.node):
-        if n.op_type not in ("MaxPool", "AveragePool") or len(n.output) != 1:
-            continue
         kernel = list(attr(n, "kernel_shape") or [])
-        if len(kernel) <= 3 or attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if (n.op_type not in ("MaxPool", "AveragePool") or len(n.output) != 1 or len(kernel) <= 3
+                or attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
             continue
         k = len(kernel)
         strides = list(attr(n, "strides") or [1] * k)
         pads = list(attr(n, "pads") or [0] * (2 * k))
-        dil = list(attr(n, "dilations") or [1] * k)
         pooled = [i for i in range(k) if kernel[i] != 1 or strides[i] != 1 or pads[i] or pads[k + i]]
         shape = shapes.get(n.input[0])
         if not pooled or len(pooled) > 3 or shape is None or any(
                 not isinstance(shape[2 + i], int) for i in pooled):
             continue
-        unit = [i for i in range(k) if i not in pooled]
-        perm = [0, 1, *(2 + i for i in unit), *(2 + i for i in pooled)]
-        inv = [int(v) for v in np.argsort(perm)]
+        dil = list(attr(n, "dilations") or [1] * k)
         sizes = [shape[2 + i] for i in pooled]
         out_sizes = _pooled_sizes(sizes, [kernel[i] for i in pooled], [strides[i] for i in pooled],
                                   [pads[i] for i in pooled], [pads[k + i] for i in pooled],
                                   [dil[i] for i in pooled], attr(n, "ceil_mode", 0))
-        t = lambda suffix: _unique(m, f"{n.name}_{suffix}")   # noqa: E731
-        names = {x: t(x) for x in ("moved", "folded", "pooled", "lead", "back_shape", "unfolded",
-                                   "fold_shape", "lead_idx", "tail")}
-        inits = [numpy_helper.from_array(np.array([-1, 1, *sizes], np.int64), names["fold_shape"]),
-                 numpy_helper.from_array(np.arange(2 + len(unit), dtype=np.int64), names["lead_idx"]),
-                 numpy_helper.from_array(np.array(out_sizes, np.int64), names["tail"])]
-        m.graph.initializer.extend(inits)
-        pool = helper.make_node(n.op_type, [names["folded"]], [names["pooled"]], name=n.name)
-        for a in n.attribute:
-            if a.name in ("kernel_shape", "strides", "pads", "dilations"):
-                vals = helper.get_attribute_value(a)
-                keep = [vals[i] for i in pooled] + ([vals[k + i] for i in pooled] if a.name == "pads" else [])
-                pool.attribute.append(helper.make_attribute(a.name, keep))
-            else:
-                pool.attribute.append(a)
-        nodes = [
-            helper.make_node("Transpose", [n.input[0]], [names["moved"]], perm=perm, name=t("move")),
-            helper.make_node("Reshape", [names["moved"], names["fold_shape"]], [names["folded"]], name=t("fold")),
-            pool,
-            helper.make_node("Shape", [names["moved"]], [names["lead"] + "_all"], name=t("shape")),
-            helper.make_node("Gather", [names["lead"] + "_all", names["lead_idx"]], [names["lead"]], axis=0,
-                             name=t("lead")),
-            helper.make_node("Concat", [names["lead"], names["tail"]], [names["back_shape"]], axis=0,
-                             name=t("concat")),
-            helper.make_node("Reshape", [names["pooled"], names["back_shape"]], [names["unfolded"]], name=t("unfold")),
-            helper.make_node("Transpose", [names["unfolded"]], [n.output[0]], perm=inv, name=t("back")),
-        ]
         idx = list(m.graph.node).index(n)
+        nodes = _fold_unit_axes(m, n, pooled, sizes, out_sizes)
         m.graph.node.remove(n)
         for j, node in enumerate(nodes):
             m.graph.node.insert(idx + j, node)
@@ -865,6 +835,42 @@ def pool_unit_axes(model: onnx.ModelProto, ctx: PassContext):
                          "were folded into the batch")
         modified = True
     return (m, True) if modified else (model, False)
+
+
+def _fold_unit_axes(m: onnx.ModelProto, n: onnx.NodeProto, pooled: list[int], sizes: list[int],
+                    out_sizes: list[int]) -> list[onnx.NodeProto]:
+    """Nodes computing pooling node n over its `pooled` axes only: Transpose the unit-window axes
+    next to the batch, Reshape them into it, pool, Reshape and Transpose back (initializers added
+    to m)."""
+    k = len(attr(n, "kernel_shape"))
+    unit = [i for i in range(k) if i not in pooled]
+    perm = [0, 1, *(2 + i for i in unit), *(2 + i for i in pooled)]
+    t = lambda suffix: _unique(m, f"{n.name}_{suffix}")   # noqa: E731
+    names = {x: t(x) for x in ("moved", "folded", "pooled", "lead_all", "lead", "back_shape", "unfolded",
+                               "fold_shape", "lead_idx", "tail")}
+    m.graph.initializer.extend([
+        numpy_helper.from_array(np.array([-1, 1, *sizes], np.int64), names["fold_shape"]),
+        numpy_helper.from_array(np.arange(2 + len(unit), dtype=np.int64), names["lead_idx"]),
+        numpy_helper.from_array(np.array(out_sizes, np.int64), names["tail"])])
+    pool = helper.make_node(n.op_type, [names["folded"]], [names["pooled"]], name=n.name)
+    for a in n.attribute:
+        if a.name in ("kernel_shape", "strides", "pads", "dilations"):
+            vals = helper.get_attribute_value(a)
+            keep = [vals[i] for i in pooled] + ([vals[k + i] for i in pooled] if a.name == "pads" else [])
+            pool.attribute.append(helper.make_attribute(a.name, keep))
+        else:
+            pool.attribute.append(a)
+    return [
+        helper.make_node("Transpose", [n.input[0]], [names["moved"]], perm=perm, name=t("move")),
+        helper.make_node("Reshape", [names["moved"], names["fold_shape"]], [names["folded"]], name=t("fold")),
+        pool,
+        helper.make_node("Shape", [names["moved"]], [names["lead_all"]], name=t("shape")),
+        helper.make_node("Gather", [names["lead_all"], names["lead_idx"]], [names["lead"]], axis=0, name=t("lead")),
+        helper.make_node("Concat", [names["lead"], names["tail"]], [names["back_shape"]], axis=0, name=t("concat")),
+        helper.make_node("Reshape", [names["pooled"], names["back_shape"]], [names["unfolded"]], name=t("unfold")),
+        helper.make_node("Transpose", [names["unfolded"]], [n.output[0]], perm=[int(v) for v in np.argsort(perm)],
+                         name=t("back")),
+    ]
 
 
 def _pooled_sizes(sizes, kernel, strides, begin, end, dil, ceil_mode) -> list[int]:
