@@ -143,7 +143,10 @@ def detect(model, data, *, preprocess: Preprocess | None = None, config=None, se
         raise DataError(f"{ds.source}: detection needs clean images of at least 2 classes")
     if max_images and len(ds) > max_images:
         ds = stratified_subset(ds, max_images, seed=seed)
-    tm = to_torch(am, am.model_input(ds.x[:128], pp))
+    from audit.graphs import runtime
+
+    tdev = runtime.torch_device(device)   # Neural Cleanse runs where --device says
+    tm = to_torch(am, am.model_input(ds.x[:128], pp), device=tdev)
     for p in tm.module.parameters():
         p.requires_grad_(False)
     bars = Bars(quiet)
@@ -151,7 +154,7 @@ def detect(model, data, *, preprocess: Preprocess | None = None, config=None, se
     try:
         rec = recover(make_forward(tm, pp), ds.x, am.info.num_classes,
                       config or NCConfig(anomaly_scale="log"),
-                      seed=seed, progress=lambda e, n: bars("recover", e, n))
+                      seed=seed, progress=lambda e, n: bars("recover", e, n), device=tdev)
     finally:
         bars.close()
     out = {"model": str(am.path) if am.path else None, "n_images": len(ds), **rec.summary(),

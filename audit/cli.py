@@ -32,6 +32,31 @@ class FiniteFloat(click.FloatRange):
 SEED = click.IntRange(0, 2**32 - 1)
 
 
+class DeviceType(click.ParamType):
+    """auto, cpu, cuda or cuda:N; whether the device is present is preflight's check."""
+
+    name = "auto|cpu|cuda|cuda:N"
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return self.name
+
+    def convert(self, value, param, ctx):
+        from audit.errors import AuditError
+        from audit.graphs.runtime import parse_device
+
+        try:
+            return parse_device(value)
+        except AuditError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DEVICE = DeviceType()
+#: what --device says (data_options, demo)
+DEVICE_HELP = ("Where onnxruntime and torch run: Neural Cleanse, retraining and every torch "
+               "forward on the torch device, onnxruntime sessions on the matching provider. "
+               "auto: CUDA device 0 where usable, else the CPU.")
+
+
 def data_options(f):
     """--scale/--mean/--std/--input-spec/--device, shared by every command that reads data."""
     opts = [
@@ -41,8 +66,7 @@ def data_options(f):
         click.option("--std", default=None, help="Std, one value or comma-separated per channel."),
         click.option("--input-spec", type=click.Path(dir_okay=False), default=None,
                      help='JSON file {"scale":..,"mean":..,"std":..}; options override it.'),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                     show_default=True, help="Where onnxruntime and torch run."),
+        click.option("--device", type=DEVICE, default="auto", show_default=True, help=DEVICE_HELP),
     ]
     for o in reversed(opts):
         f = o(f)

@@ -22,6 +22,7 @@ from audit.data import Dataset, Preprocess
 from audit.errors import AuditError, DataError
 from audit.forward import make_forward
 from audit.graphs import passes as P
+from audit.graphs import runtime
 from audit.graphs.model import AuditModel
 from audit.graphs.probe import ProbeLayer, find_probe_layers, mean_activations
 from audit.nc import NCConfig, Recovery, recover, stamp
@@ -321,23 +322,27 @@ class Launderer:
         self.k = am.info.num_classes
         _check_subset(subset, self.k)
         torch.manual_seed(config.seed)
+        # torch's side of --device: the module, the teacher, Neural Cleanse and retraining run
+        # there; random numbers are still drawn on the CPU, so CPU runs do not change
+        self.device = runtime.torch_device(config.device)
         self.dense_t = Threshold.parse(config.dense_threshold)
         self.conv_t = Threshold.parse(config.conv_threshold)
         self.x_check = am.model_input(subset.x[:128], preprocess)
-        self.tm = to_torch(am, self.x_check)
+        self.tm = to_torch(am, self.x_check, device=self.device)
         self.forward = make_forward(self.tm, preprocess)
         self.layers = find_probe_layers(self.tm.graph, am.original)
         self.targets = choose_layers(self.layers, config.layers)
         self.acc_before = am.accuracy(subset.x, subset.y, preprocess)
         self.teacher = self._teacher() if config.retrain.distill > 0 else None
         self.tm.module.eval()
-        self.ood_shares = _ood_shares(self.forward, subset, self.k, config.seed)  # the original's
+        self.ood_shares = _ood_shares(self.forward, subset, self.k, config.seed,  # the original's
+                                      self.device)
         self.probe = Probe(am, self.tm, preprocess, self.targets)
         self.state = LaunderState(stop=f"completed {config.rounds} round(s)")
 
     def _teacher(self):
         """The original model, untouched: a frozen copy of the module before any reset."""
-        teacher_tm = replace(self.tm, module=copy.deepcopy(self.tm.module))
+        teacher_tm = replace(self.tm, module=copy.deepcopy(self.tm.module).to(self.device))
         _freeze(teacher_tm.module, True)
         return make_forward(teacher_tm, self.preprocess)
 
@@ -368,7 +373,7 @@ class Launderer:
         nc = cfg.nc if r == 1 or cfg.nc_epochs_later is None else \
             replace(cfg.nc, epochs=min(cfg.nc.epochs, cfg.nc_epochs_later))
         rec = work.rec = recover(self.forward, self.subset.x, self.k, nc, seed=cfg.seed + r,
-                                 progress=self._bar(r, "recover"))
+                                 progress=self._bar(r, "recover"), device=self.device)
         _freeze(self.tm.module, False)
         work.times["recover"] = time.perf_counter() - t
         st.recoveries.append(rec)
@@ -456,8 +461,9 @@ class Launderer:
         work.losses = retrain(self.tm.module, self.forward, data.x, data.y, work.retrain_cfg, st.keep,
                               seed=cfg.seed + r, augment_mask=data.augment, teacher=self.teacher,
                               distill_mask=data.distill, target_mask=torch.from_numpy(data.target),
-                              ood=data.ood, ood_label=st.sink, progress=self._bar(r, "retrain"))
-        reestimate_batchnorm(self.tm.module, self.forward, self.subset.x)
+                              ood=data.ood, ood_label=st.sink, progress=self._bar(r, "retrain"),
+                              device=self.device)
+        reestimate_batchnorm(self.tm.module, self.forward, self.subset.x, device=self.device)
         st.keep.apply()
         work.times["retrain"] = time.perf_counter() - t
 
@@ -490,11 +496,12 @@ class Launderer:
             keep.apply()
             retrain(module, self.forward, data.x, data.y, replace(rcfg, lr=lr, max_epochs=rcfg.epochs),
                     keep, seed=seed, augment_mask=data.augment, teacher=self.teacher,
-                    distill_mask=data.distill, ood=data.ood, ood_label=parts.sink)
+                    distill_mask=data.distill, ood=data.ood, ood_label=parts.sink, device=self.device)
             # held-out cross-entropy: continuous, so it separates rates that a few dozen
             # images' accuracy cannot
-            clean = _torch_loss(self.forward, parts.subset.x[hold], parts.subset.y[hold])
-            stamped = _torch_loss(self.forward, parts.stamped[ho_idx], parts.stamped_y[ho_idx])
+            clean = _torch_loss(self.forward, parts.subset.x[hold], parts.subset.y[hold], self.device)
+            stamped = _torch_loss(self.forward, parts.stamped[ho_idx], parts.stamped_y[ho_idx],
+                                  self.device)
             scores[f"{lr:g}:clean"], scores[f"{lr:g}:stamped"] = clean, stamped
             scores[f"{lr:g}"] = -(clean + stamped) / 2
         module.load_state_dict(start)
@@ -511,8 +518,8 @@ class Launderer:
             units_reset=work.units_reset, thresholds=work.cutoffs, lr=work.retrain_cfg.lr,
             distill=work.retrain_cfg.distill, shrink=work.shrink,
             lr_scores=st.lr_scores if work.round == 1 else {},
-            subset_accuracy=_torch_accuracy(self.forward, self.subset.x, self.subset.y),
-            stamped_accuracy=_torch_accuracy(self.forward, work.stamped, work.stamped_y),
+            subset_accuracy=_torch_accuracy(self.forward, self.subset.x, self.subset.y, self.device),
+            stamped_accuracy=_torch_accuracy(self.forward, work.stamped, work.stamped_y, self.device),
             losses=work.losses, seconds=work.times)
         st.rounds.append(result)
         if self.on_round:
@@ -525,6 +532,8 @@ class Launderer:
         best_round = _best_round(st.rounds, self.cfg.keep_tolerance)
         if best_round:
             self.tm.module.load_state_dict(st.weights[best_round])
+        # the weights come back to the CPU, where write-back is checked against onnxruntime
+        self.tm.module.to("cpu")
         laundered = write_back(self.tm)
         check_written(laundered, self.tm, self.x_check)
         out = AuditModel.from_proto(laundered, device=self.am.device)
@@ -581,10 +590,12 @@ OOD_PROBE = 500
 
 
 @torch.no_grad()
-def _ood_shares(forward, subset: Dataset, k: int, seed: int) -> list[float]:
+def _ood_shares(forward, subset: Dataset, k: int, seed: int, device: torch.device | str = "cpu"
+                ) -> list[float]:
     """Share of each class in the (original) model's predictions on synthetic OOD images."""
     x = ood_generate(OOD_PROBE, subset.x.shape[1:], 10_000 + seed, pal=palette(subset.x))
-    pred = torch.cat([forward(torch.from_numpy(x[i:i + 250])).argmax(1) for i in range(0, len(x), 250)])
+    pred = torch.cat([forward(torch.from_numpy(x[i:i + 250]).to(device)).argmax(1).cpu()
+                      for i in range(0, len(x), 250)])
     return [round(float(v), 4) for v in np.bincount(pred.numpy(), minlength=k)[:k] / len(x)]
 
 
@@ -677,16 +688,17 @@ def _fastest_of_best(score: dict[float, float], tie: float = LR_TIE) -> float:
 
 
 @torch.no_grad()
-def _torch_loss(forward, x01: np.ndarray, y: np.ndarray) -> float:
-    logits = forward(torch.from_numpy(x01))
-    return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y.astype(np.int64))))
+def _torch_loss(forward, x01: np.ndarray, y: np.ndarray, device: torch.device | str = "cpu") -> float:
+    logits = forward(torch.from_numpy(x01).to(device))
+    return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y.astype(np.int64)).to(device)))
 
 
 @torch.no_grad()
-def _torch_accuracy(forward, x01: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+def _torch_accuracy(forward, x01: np.ndarray, y: np.ndarray, device: torch.device | str = "cpu",
+                    batch_size: int = 256) -> float:
     correct = 0
     for i in range(0, len(x01), batch_size):
-        pred = forward(torch.from_numpy(x01[i:i + batch_size])).argmax(1).numpy()
+        pred = forward(torch.from_numpy(x01[i:i + batch_size]).to(device)).argmax(1).cpu().numpy()
         correct += int((pred == y[i:i + batch_size]).sum())
     return correct / max(len(y), 1)
 

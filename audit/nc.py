@@ -115,9 +115,16 @@ def _squash(t: torch.Tensor, param: str) -> torch.Tensor:
 
 def recover(forward: Callable[[torch.Tensor], torch.Tensor], x01: np.ndarray, num_classes: int,
             config: NCConfig | None = None, *, seed: int = 0, classes: list[int] | None = None,
-            progress: Callable[[int, int], None] | None = None, device: str = "cpu") -> Recovery:
-    """Recover a trigger per class. forward maps NCHW [0,1] images to logits (differentiable)."""
+            progress: Callable[[int, int], None] | None = None,
+            device: str | torch.device = "cpu") -> Recovery:
+    """Recover a trigger per class. forward maps NCHW [0,1] images to logits (differentiable).
+
+    The images, masks, patterns, their optimiser and every batch live on device (where the
+    model forward runs); random numbers are drawn on the CPU and moved there, so the CPU
+    results do not depend on it. The recovery comes back as numpy arrays.
+    """
     cfg = config or NCConfig()
+    device = torch.device(device)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     classes = list(range(num_classes)) if classes is None else list(classes)
@@ -128,7 +135,7 @@ def recover(forward: Callable[[torch.Tensor], torch.Tensor], x01: np.ndarray, nu
     best_norms = np.full(num_classes, np.inf)
     best_success = np.zeros(num_classes)
     epochs_run = 0
-    step = cfg.class_chunk or (32 if str(device).startswith("cuda") else 4)
+    step = cfg.class_chunk or (32 if device.type == "cuda" else 4)
     for start in range(0, len(classes), step):
         chunk = classes[start:start + step]
         out = _recover_chunk(forward, data, chunk, cfg, gen, progress, device)
@@ -228,7 +235,7 @@ class _ChunkTriggers:
     """The raw mask and pattern parameters of a chunk of classes and their optimiser."""
 
     def __init__(self, forward, data: torch.Tensor, chunk: list[int], cfg: NCConfig,
-                 gen: torch.Generator, device: str) -> None:
+                 gen: torch.Generator, device: torch.device) -> None:
         k = len(chunk)
         n, c, h, w = data.shape
         self.forward, self.data, self.cfg, self.gen, self.device = forward, data, cfg, gen, device
@@ -238,7 +245,7 @@ class _ChunkTriggers:
         self.mask_raw = torch.atanh((init_m - 0.5) * 2).to(device).requires_grad_(True)
         self.pat_raw = torch.atanh((init_p - 0.5) * 2).to(device).requires_grad_(True)
         self.opt = torch.optim.Adam([self.mask_raw, self.pat_raw], lr=cfg.lr, betas=cfg.betas)
-        self.target = torch.tensor(chunk, device=device)
+        self.target = torch.tensor(chunk).to(device)
         self.bs = min(cfg.batch_size, n)
         self.steps = max(1, min(cfg.steps_per_epoch, math.ceil(n / self.bs)))
 
@@ -258,7 +265,7 @@ class _ChunkTriggers:
             labels = self.target[act_t].repeat_interleave(bs)
             ce = F.cross_entropy(logits, labels, reduction="none").view(len(active), bs).mean(1)
             l1 = m.sum(dim=(1, 2, 3))
-            lam = torch.as_tensor(cost[active], dtype=l1.dtype, device=device)
+            lam = torch.as_tensor(cost[active], dtype=l1.dtype).to(device)
             loss = (ce + lam * l1).sum()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -276,7 +283,7 @@ class _ChunkTriggers:
 
 
 def _recover_chunk(forward, data: torch.Tensor, chunk: list[int], cfg: NCConfig,
-                   gen: torch.Generator, progress, device: str) -> dict:
+                   gen: torch.Generator, progress, device: torch.device) -> dict:
     k = len(chunk)
     n, c, h, w = data.shape
     trig = _ChunkTriggers(forward, data, chunk, cfg, gen, device)

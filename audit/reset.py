@@ -80,7 +80,7 @@ class ResetMask:
 
     def add(self, tensor: torch.Tensor, rows: np.ndarray, value: float) -> None:
         mask = torch.zeros_like(tensor, dtype=torch.bool)
-        mask[torch.as_tensor(rows, dtype=torch.long)] = True
+        mask[torch.as_tensor(rows, dtype=torch.long).to(tensor.device)] = True
         fill = torch.full_like(tensor, value)
         self._fixed.append((tensor, mask, fill))
         self.apply()
@@ -154,11 +154,15 @@ def reset_batchnorm_stats(module: nn.Module) -> int:
 
 
 @torch.no_grad()
-def reestimate_batchnorm(module: nn.Module, forward, x01: np.ndarray, batch_size: int = 128) -> None:
-    """Exact (cumulative) BN statistics over x01, computed in train mode without updates."""
+def reestimate_batchnorm(module: nn.Module, forward, x01: np.ndarray, batch_size: int = 128, *,
+                         device: str | torch.device | None = None) -> None:
+    """Exact (cumulative) BN statistics over x01, computed in train mode without updates; the
+    batches go to device (None: where the module's parameters are)."""
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
+    if device is None:
+        device = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
     saved = [(m, m.momentum) for m in bns]
     for m in bns:
         m.reset_running_stats()
@@ -168,7 +172,7 @@ def reestimate_batchnorm(module: nn.Module, forward, x01: np.ndarray, batch_size
     for m in bns:
         m.train()
     for i in range(0, len(x01), batch_size):
-        forward(torch.from_numpy(x01[i:i + batch_size]))
+        forward(torch.from_numpy(x01[i:i + batch_size]).to(device))
     module.train(was)
     for m, mom in saved:
         m.momentum = mom

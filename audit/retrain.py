@@ -52,9 +52,10 @@ def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tenso
     padded = F.pad(x, (max_shift,) * 4)
     dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
     dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h)[None]).clamp(0, h + 2 * max_shift - 1)
-    cols = (dx[:, None] + torch.arange(w)[None]).clamp(0, w + 2 * max_shift - 1)
-    idx_n = torch.arange(n)[:, None, None]
+    # drawn on the CPU (the generator's stream), used where x is
+    rows = (dy[:, None] + torch.arange(h)[None]).clamp(0, h + 2 * max_shift - 1).to(x.device)
+    cols = (dx[:, None] + torch.arange(w)[None]).clamp(0, w + 2 * max_shift - 1).to(x.device)
+    idx_n = torch.arange(n)[:, None, None].to(x.device)
     out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
 
@@ -81,7 +82,7 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
             teacher=None, distill_mask: np.ndarray | None = None,
             target_mask: np.ndarray | None = None,
             ood: Callable[[int], np.ndarray] | None = None, ood_label: int | None = None,
-            progress=None) -> list[float]:
+            progress=None, device: str | torch.device | None = None) -> list[float]:
     """Fine-tune module (through forward) on (x01, y). Returns the mean loss per epoch.
 
     augment_mask marks the samples that may be shifted (clean and stamped images; the
@@ -93,15 +94,24 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
     past cfg.epochs until those are classified with cfg.target_accuracy, or cfg.max_epochs.
     With cfg.ema > 0 the module ends with the running average of its weights (the average is
     also what the target accuracy is checked on).
+
+    The batches, the OOD images and the masks go to device (None: where the module's parameters
+    are), which is where module and teacher run; random numbers (order, shifts, mixup) are
+    drawn on the CPU and moved, so CPU results do not depend on it.
     """
+    device = torch.device(device) if device is not None else _module_device(module)
     gen = torch.Generator().manual_seed(seed)
     opt = _optimizer([p for p in module.parameters() if p.requires_grad], cfg)
     n = len(y)
     data = _Batches(
-        x=torch.from_numpy(x01), y=torch.from_numpy(y.astype(np.int64)),
-        augment=torch.from_numpy(augment_mask) if augment_mask is not None else torch.ones(n, dtype=torch.bool),
-        soft=torch.from_numpy(distill_mask) if distill_mask is not None else torch.ones(n, dtype=torch.bool),
+        x=torch.from_numpy(x01).to(device), y=torch.from_numpy(y.astype(np.int64)).to(device),
+        augment=(torch.from_numpy(augment_mask) if augment_mask is not None
+                 else torch.ones(n, dtype=torch.bool)).to(device),
+        soft=(torch.from_numpy(distill_mask) if distill_mask is not None
+              else torch.ones(n, dtype=torch.bool)).to(device),
         shift=cfg.shift_for(*x01.shape[2:]), use_kd=teacher is not None and cfg.distill > 0)
+    if target_mask is not None:
+        target_mask = torch.as_tensor(target_mask).to(device)
     n_batches = max(1, -(-n // cfg.batch_size))
     ema = _Ema(module, cfg.ema) if cfg.ema > 0 else None
     losses = []
@@ -112,11 +122,11 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
                                              ema) >= cfg.target_accuracy:
             break
         perm = torch.randperm(n, generator=gen)
-        xo = torch.from_numpy(ood(epoch)) if ood is not None and cfg.ood_weight > 0 else None
+        xo = torch.from_numpy(ood(epoch)).to(device) if ood is not None and cfg.ood_weight > 0 else None
         per_batch = -(-len(xo) // n_batches) if xo is not None else 0
         total, count = 0.0, 0
         for b, i in enumerate(range(0, len(perm), cfg.batch_size)):
-            idx = perm[i:i + cfg.batch_size]
+            idx = perm[i:i + cfg.batch_size].to(device)
             if len(idx) < 2:
                 continue
             ob = xo[b * per_batch:(b + 1) * per_batch] if xo is not None else data.x[:0]
@@ -139,6 +149,10 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
     return losses
 
 
+def _module_device(module: torch.nn.Module) -> torch.device:
+    return next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
+
+
 def _optimizer(params: list[torch.nn.Parameter], cfg: RetrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -155,14 +169,14 @@ def _batch_loss(forward, data: _Batches, idx: torch.Tensor, ob: torch.Tensor, cf
         if a.any():
             xb = xb.clone()
             xb[a] = _shift(xb[a], data.shift, gen)
-    d = data.soft[idx] if data.use_kd else torch.zeros(len(idx), dtype=torch.bool)
+    d = data.soft[idx] if data.use_kd else torch.zeros(len(idx), dtype=torch.bool).to(xb.device)
     clean = xb[d]
     mixed = clean[:0]
     if data.use_kd and cfg.mixup > 0 and len(clean) >= 2:
         m = int(round(cfg.mixup * len(clean)))
-        lam = torch.rand(m, 1, 1, 1, generator=gen)
-        i1 = torch.randint(0, len(clean), (m,), generator=gen)
-        i2 = torch.randint(0, len(clean), (m,), generator=gen)
+        lam = torch.rand(m, 1, 1, 1, generator=gen).to(clean.device)
+        i1 = torch.randint(0, len(clean), (m,), generator=gen).to(clean.device)
+        i2 = torch.randint(0, len(clean), (m,), generator=gen).to(clean.device)
         mixed = lam * clean[i1] + (1 - lam) * clean[i2]
     logits_all = forward(torch.cat([xb, mixed, ob]))
     logits, mixed_logits = logits_all[:len(idx)], logits_all[len(idx):len(idx) + len(mixed)]
@@ -173,7 +187,7 @@ def _batch_loss(forward, data: _Batches, idx: torch.Tensor, ob: torch.Tensor, cf
             t_logits = teacher(kd_x)
         loss = loss + cfg.distill * _kd(torch.cat([logits[d], mixed_logits]), t_logits, cfg.temperature)
     if len(ob):
-        target = torch.full((len(ob),), int(ood_label), dtype=torch.long)
+        target = torch.full((len(ob),), int(ood_label), dtype=torch.long).to(logits_all.device)
         loss = loss + cfg.ood_weight * F.cross_entropy(logits_all[-len(ob):], target)
     return loss
 

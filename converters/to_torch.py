@@ -121,12 +121,16 @@ def _same_logits(am: AuditModel, a: onnx.ModelProto, b: onnx.ModelProto) -> bool
 
 
 def to_torch(am: AuditModel, x_check: np.ndarray | None = None, *, atol: float = PARITY_ATOL,
-             check: bool = True, channels_last: bool = True) -> TorchModel:
+             check: bool = True, channels_last: bool = True,
+             device: str | torch.device | None = None) -> TorchModel:
     """Convert and check max |ORT - torch| <= atol on x_check (model-input tensors).
 
     channels_last stores 4-D weights channels-last where the module computes the same logits
     with them: the module is built on the CPU, whose oneDNN convolutions run ~20% faster in
     that layout (Neural Cleanse on the Table-5 MNIST model: docs/method.md).
+
+    The conversion is built and parity-checked on the CPU (a GPU's TF32 convolutions would
+    blur the check), then the module moves to device (None: it stays on the CPU).
     """
     register_aliases()
     if am.fixed_batch:
@@ -164,6 +168,8 @@ def to_torch(am: AuditModel, x_check: np.ndarray | None = None, *, atol: float =
                 f"torch and onnxruntime disagree by {tm.parity_max_abs:.3g} on logits of "
                 f"magnitude {scale:.3g} (> {atol:g} relative)"
                 + (f"; first diverging node: {node}" if node else ""), node=node)
+    if device is not None:
+        tm.module.to(device)
     return tm
 
 
@@ -240,11 +246,17 @@ def ort_logits(tm: TorchModel, x: np.ndarray, *, optimize: bool = True) -> np.nd
     return Runner(sess, tm.source.info.input_name).run(x)[0]
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer); the CPU for one with neither."""
+    return next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
+
+
 @torch.no_grad()
 def torch_logits(tm: TorchModel, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The module's logits on x (model-input tensors), run where the module is; numpy on the CPU."""
     was = tm.module.training
     tm.module.eval()
-    dev = next((p.device for p in tm.module.parameters()), torch.device("cpu"))
+    dev = module_device(tm.module)
     outs = [tm.logits(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(dev)).cpu().numpy()
             for i in range(0, len(x), batch_size)]
     tm.module.train(was)
@@ -286,7 +298,7 @@ def first_divergence(tm: TorchModel, x: np.ndarray, atol: float) -> str | None:
             mod = tm.module.get_submodule(path)
             hooks.append(mod.register_forward_hook(
                 lambda _m, _i, out, name=name: captured.__setitem__(
-                    name, (out[0] if isinstance(out, (tuple, list)) else out).detach().numpy())))
+                    name, (out[0] if isinstance(out, (tuple, list)) else out).detach().cpu().numpy())))
         try:
             torch_logits(tm, x)
         finally:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -16,7 +19,26 @@ log = logging.getLogger(__name__)
 # onnxruntime's own warnings (shape-merge notes on loading exported graphs) are not the
 # user's concern; errors still surface as exceptions
 ort.set_default_logger_severity(3)
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+_DEVICE_RE = re.compile(r"(auto|cpu|cuda)(?::(\d+))?")
+
+
+def parse_device(device: str) -> str:
+    """The --device value checked for form: auto, cpu, cuda or cuda:N (N a device number).
+    Whether such a device is present is resolve_device's question."""
+    m = _DEVICE_RE.fullmatch(str(device).strip().lower())
+    if not m or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise AuditError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)")
+    return m.group(0)
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a --device value runs: torch's device and onnxruntime's providers."""
+
+    name: str                     # the value as given (normalised): auto, cpu, cuda, cuda:N
+    torch: Any                    # torch.device
+    providers: list = field(default_factory=list)   # for ort.InferenceSession(providers=...)
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,35 +58,65 @@ def cuda_usable() -> bool:
         return False
 
 
-def providers(device: str = "auto") -> list[str]:
-    if device not in DEVICES:
-        raise AuditError(f"unknown device {device!r} (use auto, cpu or cuda)")
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if cuda_usable():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        raise AuditError("--device cuda: no usable CUDA device/onnxruntime CUDA provider here")
-    return ["CPUExecutionProvider"]
+def _torch_cuda_count() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def resolve_device(device: str = "auto") -> Device:
+    """The one place a --device value becomes a torch device and onnxruntime providers.
+
+    cpu: both on the CPU. cuda / cuda:N: both on that CUDA device (onnxruntime's CUDA
+    provider with device_id N, the CPU provider behind it for ops CUDA lacks); an AuditError
+    of one line where onnxruntime or torch cannot use it. auto: CUDA device 0 for each
+    of them that can use one, else the CPU.
+    """
+    import torch
+
+    name, provs = _providers(device)
+    if name == "cpu" or (name == "auto" and not _torch_cuda_count()):
+        return Device(name, torch.device("cpu"), provs)
+    if name in ("auto", "cuda"):
+        return Device(name, torch.device("cuda"), provs)
+    return Device(name, torch.device("cuda", int(name.split(":")[1])), provs)
+
+
+def _providers(device: str) -> tuple[str, list]:
+    """(normalised name, onnxruntime providers); torch is only asked where CUDA is."""
+    name = parse_device(device)
+    cpu = ["CPUExecutionProvider"]
+    if name == "cpu":
+        return name, cpu
+    if name == "auto":
+        return name, ["CUDAExecutionProvider", *cpu] if cuda_usable() else cpu
+    if not cuda_usable():
+        raise AuditError(f"--device {name}: no usable CUDA device here (onnxruntime's CUDA "
+                         "provider and torch must both see one)")
+    if name == "cuda":
+        return name, ["CUDAExecutionProvider", *cpu]
+    index, count = int(name.split(":")[1]), _torch_cuda_count()
+    if index >= count:
+        raise AuditError(f"--device {name}: this machine has {count} CUDA device(s) "
+                         f"(cuda:0..cuda:{count - 1})")
+    return name, [("CUDAExecutionProvider", {"device_id": index}), *cpu]
+
+
+def providers(device: str = "auto") -> list:
+    return _providers(device)[1]
 
 
 def check_device(device: str = "auto") -> None:
-    """Refuse an unknown device, or cuda where neither onnxruntime nor torch can use one."""
-    providers(device)
-    if device == "cuda":
-        torch_device(device)
+    """Refuse an unknown device, or a CUDA one neither onnxruntime nor torch can use."""
+    resolve_device(device)
 
 
-def torch_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if device == "cuda":
-        raise AuditError("--device cuda: torch sees no CUDA device here")
-    return "cpu"
+def torch_device(device: str = "auto"):
+    """The torch.device a --device value runs torch on (see resolve_device)."""
+    return resolve_device(device).torch
 
 
 def make_session(model: onnx.ModelProto, device: str = "auto", *, optimize: bool = True,

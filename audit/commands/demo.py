@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from audit.cli import SEED, preflight
+from audit.cli import DEVICE, DEVICE_HELP, SEED, preflight
 
 
 @click.command("demo")
@@ -19,8 +19,7 @@ from audit.cli import SEED, preflight
 @click.option("--subset", "subset_size", type=click.IntRange(1), default=150, show_default=True,
               help="Clean images the launderer gets (of 1,347 training images).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--quiet", is_flag=True, help="Only the final summary.")
 def demo(out_dir, scheme, subset_size, seed, device, quiet):
     """Watermark a digits model, verify, detect, launder, verify again, and summarise."""
