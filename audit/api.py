@@ -26,6 +26,7 @@ from audit.paths import (
 from audit.progress import Bars
 from audit.report import SCHEMA_VERSION, write_json, write_recovery_pngs
 from audit.session import data_for
+from audit.settings import DetectConfig
 
 
 def _model(model, device: str) -> AuditModel:
@@ -118,20 +119,21 @@ def write_launder_report(report_dir, am: AuditModel, subset: Dataset, pp: Prepro
     return write_json(folder / "report.json", report)
 
 
-def detect(model, data, *, preprocess: Preprocess | None = None, config=None, seed: int = 0,
-           max_images: int | None = 1000, report_dir=None, device: str = "auto",
-           quiet: bool = True) -> dict:
+def detect(model, data, *, preprocess: Preprocess | None = None, config=None,
+           seed: int = DetectConfig.seed, max_images: int | None = DetectConfig.max_images,
+           report_dir=None, device: str = "auto", quiet: bool = True) -> dict:
     """Neural Cleanse over every class; returns the summary dict (flagged, anomaly indices...).
 
-    Without config the anomaly index is taken on the log of the mask norms (NCConfig(
-    anomaly_scale="log"), as `audit detect`); NCConfig() is Neural Cleanse's index on the
-    norms themselves. The summary carries both (anomaly_index, anomaly_index_l1)."""
+    Without config (an NCConfig) the anomaly index is taken on detection's scale,
+    DetectConfig.anomaly_scale (the log of the mask norms, as `audit detect`); NCConfig() is
+    Neural Cleanse's index on the norms themselves. The summary carries both (anomaly_index,
+    anomaly_index_l1). max_images None or 0: every image."""
     import torch
 
     from audit.converters.to_torch import to_torch
     from audit.data import stratified_subset
     from audit.forward import make_forward
-    from audit.nc import NCConfig, recover
+    from audit.nc import recover
 
     pp = preprocess or Preprocess()
     _check_paths(model, data, None, report_dir, DETECT_REPORT)
@@ -153,7 +155,7 @@ def detect(model, data, *, preprocess: Preprocess | None = None, config=None, se
     torch.manual_seed(seed)
     try:
         rec = recover(make_forward(tm, pp), ds.x, am.info.num_classes,
-                      config or NCConfig(anomaly_scale="log"),
+                      config or DetectConfig().nc(),
                       seed=seed, progress=lambda e, n: bars("recover", e, n), device=tdev)
     finally:
         bars.close()

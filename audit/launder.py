@@ -25,7 +25,7 @@ from audit.graphs import passes as P
 from audit.graphs import runtime
 from audit.graphs.model import AuditModel
 from audit.graphs.probe import ProbeLayer, find_probe_layers, mean_activations
-from audit.nc import NCConfig, Recovery, recover, stamp
+from audit.nc import Recovery, recover, stamp
 from audit.ood import generate as ood_generate
 from audit.ood import palette
 from audit.reset import (
@@ -37,75 +37,16 @@ from audit.reset import (
     reset_units,
     shrink_weights,
 )
-from audit.retrain import RetrainConfig, retrain
+from audit.retrain import retrain
+from audit.settings import LaunderConfig, NCConfig, RetrainConfig  # noqa: F401 (audit.launder.*Config)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 
 
-@dataclass
-class LaunderConfig:
-    rounds: int = 3
-    # stop before `rounds` when the most likely infected class becomes the original least
-    # likely one, or when nothing is flagged and nothing reset; False runs every round
-    early_stop: bool = True
-    seed: int = 0
-    dense_threshold: str = "z:2.0"
-    conv_threshold: str = "z:2.0"
-    layers: str = "all"
-    nc: NCConfig = field(default_factory=NCConfig)
-    retrain: RetrainConfig = field(default_factory=RetrainConfig)
-    # fresh synthetic out-of-distribution images (audit.ood: printed characters, scribbles,
-    # noise) learnt as the sink class every retraining epoch, as a share of the retraining
-    # set: what removes "unrelated" and abstract-image watermarks; 0 turns it off
-    ood_share: float = 0.5
-    # rounds whose subset accuracy is within this of the best count as equally good: the
-    # latest of them is kept
-    keep_tolerance: float = 0.005
-    # half of the stamped retraining images carry the recovered trigger grown by this many
-    # pixels (its pattern extended into the border): Neural Cleanse finds the smallest
-    # trigger that flips the model, usually a core of the real one, whose remainder alone can
-    # still fire a backdoor unlearnt only on the core. Off by default: it helps on
-    # BadNets-MNIST and hurts the 16x16 digits content watermark (README)
-    trigger_dilate: int = 0
-    # a suspect's trigger is the smallest one recovered for it in any round: after a round
-    # unlearns a backdoor, that class's new recovery is an ordinary (large) trigger
-    keep_smallest_trigger: bool = True
-    # a class whose trigger is unlearnt in a round (flagged, or the most likely one when
-    # nothing is flagged) stays a suspect: its trigger is stamped in every later round, so
-    # that a partly unlearnt watermark does not creep back in later rounds
-    keep_used_triggers: bool = True
-    # after round 1 a unit is reset only if its A_diff also exceeds round 1's cutoff for its
-    # layer: relative thresholds (z:, top:) always select someone, and once the backdoor is
-    # unlearnt its trigger moves nothing that much
-    anchor_thresholds: bool = True
-    # the distillation weight (retrain.distill) is multiplied by this in the rounds after
-    # Neural Cleanse has flagged a class: the backdoor it sees is unlearnt by the stamped
-    # images, which override the teacher where it matters, so the original model can be
-    # followed more closely elsewhere. While nothing is flagged, the watermark (if any) is
-    # one Neural Cleanse cannot see and only the out-of-distribution term removes it: a
-    # strong pull towards the original model would keep it, so the base weight stays
-    flagged_distill_scale: float = 3.0
-    # Neural Cleanse epochs in rounds 2 and later (None: nc.epochs): their recoveries serve
-    # the stop test and any residual suspect, on a model that moved little; round 1 keeps
-    # the full schedule
-    nc_epochs_later: int | None = 20
-    # when Neural Cleanse flags nothing in round 1, that round retrains from the weights of
-    # every Conv/Gemm layer (and the scale of a BatchNorm right after one) multiplied by this
-    # (a shrunk warm start, reset.shrink_weights): a watermark Neural Cleanse cannot see is a
-    # set of memorised images, which distillation from the original model carries over while
-    # the weights stay where they are. Not used when round 1 flags a class: its stamped
-    # images unlearn that backdoor, and the shrink costs clean accuracy. The flag is the
-    # launder's own (L1) index: the log index's occasional false alarm on an Adi model would
-    # leave it unlaundered (README). 1 turns it off
-    shrink: float = 0.5
-    device: str = "auto"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["nc"] = self.nc.to_dict()
-        d["retrain"] = self.retrain.to_dict()
-        return d
+# rounds whose subset accuracy is within this of the best count as equally good: the latest
+# of them is kept (fixed: no setting, test or bench ever changed it)
+KEEP_TOLERANCE = 0.005
 
 
 @dataclass
@@ -529,7 +470,7 @@ class Launderer:
     def result(self) -> LaunderResult:
         """The kept round's weights written back into the original graph."""
         st = self.state
-        best_round = _best_round(st.rounds, self.cfg.keep_tolerance)
+        best_round = _best_round(st.rounds, KEEP_TOLERANCE)
         if best_round:
             self.tm.module.load_state_dict(st.weights[best_round])
         # the weights come back to the CPU, where write-back is checked against onnxruntime

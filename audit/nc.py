@@ -16,42 +16,20 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from audit.settings import NCConfig
+
 log = logging.getLogger(__name__)
 MAD_CONSTANT = 1.4826
 ANOMALY_THRESHOLD = 2.0
-
-
-@dataclass
-class NCConfig:
-    epochs: int = 40
-    steps_per_epoch: int = 8
-    batch_size: int = 32              # clean images per class per step
-    lr: float = 0.1
-    betas: tuple[float, float] = (0.5, 0.9)
-    init_cost: float = 1e-3
-    cost_up: float = 2.0
-    cost_down: float = 2.0 ** 1.5
-    patience: int = 5
-    attack_threshold: float = 0.99
-    early_stop: bool = True
-    early_stop_threshold: float = 0.99
-    early_stop_patience: int = 25
-    # classes per forward pass; None: 4 on the CPU (measured fastest on 2 cores: larger
-    # batches leave the cache; see README), 32 on CUDA
-    class_chunk: int | None = None
-    param: str = "tanh"
-    # scale of the anomaly index: "l1" (Neural Cleanse's, on the mask norms) or "log" (on their
-    # logarithms; `audit detect --anomaly-scale log`)
-    anomaly_scale: str = "l1"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+# masks and patterns are tanh-squashed parameters, as in Neural Cleanse (the sigmoid
+# alternative was never used)
+PARAM = "tanh"
 
 
 @dataclass
@@ -252,7 +230,7 @@ class _ChunkTriggers:
     def epoch(self, active: np.ndarray, cost: np.ndarray) -> np.ndarray:
         """One epoch of the active classes; their mean attack success (0 for the others)."""
         n, c, h, w = self.data.shape
-        bs, device, param = self.bs, self.device, self.cfg.param
+        bs, device, param = self.bs, self.device, PARAM
         act_t = torch.from_numpy(active).to(device)
         succ_sum = np.zeros(len(self.target))
         for _ in range(self.steps):
@@ -278,8 +256,8 @@ class _ChunkTriggers:
     @torch.no_grad()
     def current(self) -> tuple[np.ndarray, np.ndarray]:
         """Masks [k, 1, H, W] and patterns [k, C, H, W] in [0, 1]."""
-        return (_squash(self.mask_raw, self.cfg.param).cpu().numpy(),
-                _squash(self.pat_raw, self.cfg.param).cpu().numpy())
+        return (_squash(self.mask_raw, PARAM).cpu().numpy(),
+                _squash(self.pat_raw, PARAM).cpu().numpy())
 
 
 def _recover_chunk(forward, data: torch.Tensor, chunk: list[int], cfg: NCConfig,

@@ -4,45 +4,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from audit.reset import ResetMask
+from audit.settings import RetrainConfig
 
-
-@dataclass
-class RetrainConfig:
-    epochs: int = 20
-    lr: float | None = None   # None: chosen per model on a hold-out (see launder._choose_lr)
-    batch_size: int = 32
-    weight_decay: float = 0.0
-    optimizer: str = "adam"   # adam | sgd (momentum 0.9)
-    augment: bool = True      # random shifts of clean and stamped images
-    shift: int | None = None  # pixels; None: 7% of the smaller side (2 on MNIST/CIFAR, 1 on 8x8)
-    distill: float = 1.0      # weight of a distillation term (original model, clean images)
-    # share of the clean images of a batch also distilled as mixup blends of two of them: the
-    # teacher's scores between classes carry what a few hundred hard labels cannot
-    mixup: float = 0.5
-    # after `epochs`, go on (up to max_epochs) until the stamped images are learnt to this level
-    target_accuracy: float = 0.99
-    max_epochs: int = 60
-    temperature: float = 4.0
-    ood_weight: float = 1.0   # weight of the out-of-distribution (sink class) term
-    # exponential moving average of the weights (decay per step; 0 = off): the model kept is
-    # the average, not the last step's: it keeps more clean accuracy and leaves less of an
-    # unrelated watermark (README)
-    ema: float = 0.98
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def shift_for(self, h: int, w: int) -> int:
-        if not self.augment:
-            return 0
-        return self.shift if self.shift is not None else max(1, round(0.07 * min(h, w)))
+# fixed (no setting, test or bench ever changed them):
+# after `epochs`, retraining goes on (up to max_epochs) until the stamped images reach this
+TARGET_ACCURACY = 0.99
+# softmax temperature of the distillation term
+KD_TEMPERATURE = 4.0
+# weight of the out-of-distribution (sink class) term
+OOD_WEIGHT = 1.0
 
 
 def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -91,7 +68,7 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
     blends of them (cfg.mixup): a few hundred hard labels alone pull a converged model off its
     clean behaviour. ood(epoch) gives that epoch's out-of-distribution images, learnt as
     ood_label alongside the batches. With target_mask (the stamped images), training continues
-    past cfg.epochs until those are classified with cfg.target_accuracy, or cfg.max_epochs.
+    past cfg.epochs until those are classified with TARGET_ACCURACY, or cfg.max_epochs.
     With cfg.ema > 0 the module ends with the running average of its weights (the average is
     also what the target accuracy is checked on).
 
@@ -119,10 +96,10 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
     total_epochs = max(cfg.epochs, cfg.max_epochs) if target_mask is not None else cfg.epochs
     for epoch in range(total_epochs):
         if epoch >= cfg.epochs and _accuracy(module, forward, data.x[target_mask], data.y[target_mask],
-                                             ema) >= cfg.target_accuracy:
+                                             ema) >= TARGET_ACCURACY:
             break
         perm = torch.randperm(n, generator=gen)
-        xo = torch.from_numpy(ood(epoch)).to(device) if ood is not None and cfg.ood_weight > 0 else None
+        xo = torch.from_numpy(ood(epoch)).to(device) if ood is not None and OOD_WEIGHT > 0 else None
         per_batch = -(-len(xo) // n_batches) if xo is not None else 0
         total, count = 0.0, 0
         for b, i in enumerate(range(0, len(perm), cfg.batch_size)):
@@ -154,9 +131,7 @@ def _module_device(module: torch.nn.Module) -> torch.device:
 
 
 def _optimizer(params: list[torch.nn.Parameter], cfg: RetrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr)   # the only optimiser ever used, no weight decay
 
 
 def _batch_loss(forward, data: _Batches, idx: torch.Tensor, ob: torch.Tensor, cfg: RetrainConfig,
@@ -185,10 +160,10 @@ def _batch_loss(forward, data: _Batches, idx: torch.Tensor, ob: torch.Tensor, cf
         kd_x = torch.cat([clean, mixed])
         with torch.no_grad():
             t_logits = teacher(kd_x)
-        loss = loss + cfg.distill * _kd(torch.cat([logits[d], mixed_logits]), t_logits, cfg.temperature)
+        loss = loss + cfg.distill * _kd(torch.cat([logits[d], mixed_logits]), t_logits, KD_TEMPERATURE)
     if len(ob):
         target = torch.full((len(ob),), int(ood_label), dtype=torch.long).to(logits_all.device)
-        loss = loss + cfg.ood_weight * F.cross_entropy(logits_all[-len(ob):], target)
+        loss = loss + OOD_WEIGHT * F.cross_entropy(logits_all[-len(ob):], target)
     return loss
 
 

@@ -59,28 +59,15 @@ def launder_config(args, seed: int):
     from audit.launder import LaunderConfig
 
     cfg = LaunderConfig(rounds=args.rounds, seed=seed, device="cpu")
-    if args.dense_threshold:
-        cfg.dense_threshold = args.dense_threshold
-    if args.conv_threshold:
-        cfg.conv_threshold = args.conv_threshold
-    if args.layers:
-        cfg.layers = args.layers
-    if args.ood_share is not None:
-        if not hasattr(cfg, "ood_share"):
-            sys.exit("--ood-share: audit.launder.LaunderConfig has no ood_share")
-        cfg.ood_share = args.ood_share
+    top = {"dense_threshold": args.dense_threshold or None,
+           "conv_threshold": args.conv_threshold or None, "layers": args.layers or None,
+           "ood_share": args.ood_share}
+    cfg = replace(cfg, **{k: v for k, v in top.items() if v is not None})
     if args.nc_epochs:
-        cfg.nc = replace(cfg.nc, epochs=args.nc_epochs)
-    rt = cfg.retrain
-    if args.epochs:
-        rt = replace(rt, epochs=args.epochs)
-    if args.lr:
-        rt = replace(rt, lr=args.lr)
-    if args.distill is not None:
-        rt = replace(rt, distill=args.distill)
-    if args.augment:
-        rt = replace(rt, augment=True)
-    cfg.retrain = rt
+        cfg = replace(cfg, nc=replace(cfg.nc, epochs=args.nc_epochs))
+    rt = {"epochs": args.epochs or None, "lr": args.lr or None, "distill": args.distill,
+          "augment": True if args.augment else None}
+    cfg = replace(cfg, retrain=replace(cfg.retrain, **{k: v for k, v in rt.items() if v is not None}))
     for item in args.set:
         cfg = common.set_field(cfg, item)
     return cfg

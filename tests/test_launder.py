@@ -516,7 +516,7 @@ def test_launder_removes_out_of_distribution_watermarks(scheme, tmp_path, one_th
     wm = AuditModel.load(e.watermarked, device="cpu")
     vanilla_rate = AuditModel.load(e.vanilla, device="cpu").accuracy(trig.x, trig.y, pp)
     cfg = LaunderConfig(rounds=2, device="cpu")
-    cfg.nc = replace(cfg.nc, epochs=20)
+    cfg = replace(cfg, nc=replace(cfg.nc, epochs=20))
     res = launder_model(wm, stratified_subset(train, SUBSET, seed=0), pp, cfg)
     before = (wm.accuracy(test.x, test.y, pp), wm.accuracy(trig.x, trig.y, pp))
     after = (res.model.accuracy(test.x, test.y, pp), res.model.accuracy(trig.x, trig.y, pp))
@@ -583,3 +583,178 @@ def test_badnets_mnist_launder(shared_data, tmp_path, one_thread):
     assert sha256(model) == before
     assert asr <= 0.02, msg
     assert clean >= 0.97, msg
+
+
+# ------------------------------------------------------------------------------------------
+# settings: `--config FILE.toml` (keys = audit.settings.LaunderConfig fields), hidden flags that
+# keep working and override the file; launder_model is replaced by a stub that records the
+# settings it gets, on a tiny hand-made model
+
+
+def _tiny_model(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((3, 64)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "B")]
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "W", "B"], ["y"], transB=1, name="fc")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                     ["N", 1, 8, 8])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])],
+                          inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.fixture
+def stub_launder(tmp_path, monkeypatch) -> dict:
+    """A tiny model and subset, and audit.api.launder_model replaced: it records its config."""
+    import audit.api
+    from audit.launder import LaunderResult
+
+    seen: dict = {}
+
+    def fake_launder_model(am, subset, pp, cfg, progress=None):
+        seen["cfg"] = cfg
+        return LaunderResult(model=am, rounds=[], best_round=0, stop_reason="stub",
+                             original_least_likely=0, subset_accuracy_before=1.0,
+                             subset_accuracy_after=1.0, seconds=0.0)
+
+    monkeypatch.setattr(audit.api, "launder_model", fake_launder_model)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (12, 8, 8)).astype(np.uint8)
+    data = tmp_path / "subset.npz"
+    np.savez(data, x=x, y=np.arange(12) % 3)
+    return {"model": _tiny_model(tmp_path / "tiny.onnx"), "data": data, "seen": seen,
+            "out": tmp_path / "out" / "laundered.onnx", "report": tmp_path / "out" / "report"}
+
+
+CONFIG_TOML = """\
+rounds = 2
+ood_share = 0.25
+keep_used_triggers = false
+layers = "second-half"
+
+[nc]
+epochs = 7
+init_cost = 0.002
+betas = [0.6, 0.95]
+
+[retrain]
+lr = 3e-4
+ema = 0
+augment = true
+"""
+
+
+def _launder_stub(capsys, s, *extra) -> tuple[int, str, str]:
+    return cli(capsys, "launder", s["model"], "--data", s["data"], "-o", s["out"], "--report",
+               s["report"], "--device", "cpu", "--quiet", *extra)
+
+
+def test_config_file_sets_the_parameters_in_the_report(stub_launder, tmp_path, capsys):
+    from audit.launder import LaunderConfig
+
+    toml = tmp_path / "launder.toml"
+    toml.write_text(CONFIG_TOML)
+    rc, _, err = _launder_stub(capsys, stub_launder, "--config", toml)
+    assert rc == 0, err
+    p = json.loads((stub_launder["report"] / "report.json").read_text())["parameters"]
+    assert p == json.loads(json.dumps(stub_launder["seen"]["cfg"].to_dict()))
+    assert (p["rounds"], p["ood_share"], p["keep_used_triggers"], p["layers"]) == \
+        (2, 0.25, False, "second-half")
+    assert (p["nc"]["epochs"], p["nc"]["init_cost"], p["nc"]["betas"]) == (7, 0.002, [0.6, 0.95])
+    assert (p["retrain"]["lr"], p["retrain"]["ema"], p["retrain"]["augment"]) == (3e-4, 0.0, True)
+    assert isinstance(p["retrain"]["ema"], float)
+    # every key the file did not name keeps its default
+    d = LaunderConfig().to_dict()
+    assert p["seed"] == d["seed"] and p["nc"]["steps_per_epoch"] == d["nc"]["steps_per_epoch"]
+    assert p["retrain"]["epochs"] == d["retrain"]["epochs"] and p["shrink"] == d["shrink"]
+
+
+def test_flags_override_the_config_file_and_hidden_flags_still_work(stub_launder, tmp_path, capsys):
+    toml = tmp_path / "launder.toml"
+    toml.write_text(CONFIG_TOML)
+    rc, _, err = _launder_stub(capsys, stub_launder, "--config", toml, "--rounds", "3",
+                               "--nc-epochs", "9", "--no-augment", "--lr", "auto", "--seed", "5")
+    assert rc == 0, err
+    cfg = stub_launder["seen"]["cfg"]
+    assert (cfg.rounds, cfg.nc.epochs, cfg.retrain.augment, cfg.retrain.lr, cfg.seed) == \
+        (3, 9, False, None, 5)
+    assert cfg.ood_share == 0.25 and cfg.nc.init_cost == 0.002   # from the file
+    # every hidden flag of the earlier CLI, without a file
+    rc, _, err = _launder_stub(capsys, stub_launder, "--no-early-stop", "--batch-size", "16",
+                               "--distill", "0", "--flagged-distill-scale", "2", "--shrink", "1",
+                               "--ood-share", "0", "--trigger-dilate", "1", "--nc-epochs", "4",
+                               "--nc-epochs-later", "3", "--nc-steps", "2", "--epochs", "6",
+                               "--lr", "1e-3", "--dense-threshold", "top:0.1",
+                               "--conv-threshold", "abs:0.5", "--layers", "all")
+    assert rc == 0, err
+    cfg = stub_launder["seen"]["cfg"]
+    assert (cfg.early_stop, cfg.retrain.batch_size, cfg.retrain.distill, cfg.flagged_distill_scale,
+            cfg.shrink, cfg.ood_share, cfg.trigger_dilate, cfg.nc.epochs, cfg.nc_epochs_later,
+            cfg.nc.steps_per_epoch, cfg.retrain.epochs, cfg.retrain.lr, cfg.dense_threshold,
+            cfg.conv_threshold, cfg.device) == \
+        (False, 16, 0.0, 2.0, 1.0, 0.0, 1, 4, 3, 2, 6, 1e-3, "top:0.1", "abs:0.5", "cpu")
+
+
+BAD_CONFIGS = {  # case -> (file text, expected fragments of the one error line)
+    "unknown_key": ("roundz = 2\n", ["unknown key 'roundz'", "rounds"]),
+    "unknown_nested_key": ("[nc]\nepoch = 3\n", ["unknown key 'nc.epoch'", "nc.epochs"]),
+    "unknown_table": ("[retrian]\nepochs = 3\n", ["unknown key 'retrian'", "retrain"]),
+    "wrong_type": ('rounds = "3"\n', ["rounds", "expected an integer", "string"]),
+    "wrong_type_bool": ("[retrain]\naugment = 1\n", ["retrain.augment", "true or false"]),
+    "wrong_type_lr": ('[retrain]\nlr = "fast"\n', ["retrain.lr", "auto"]),
+    "table_expected": ("nc = 3\n", ["nc", "table"]),
+    "out_of_range": ("rounds = 0\n", ["rounds", "out of range"]),
+    "out_of_range_nested": ("[retrain]\nlr = -1.0\n", ["retrain.lr", "out of range"]),
+    "out_of_range_shrink": ("shrink = 1.5\n", ["shrink", "out of range"]),
+    "not_finite": ("ood_share = nan\n", ["ood_share", "finite"]),
+    "bad_toml": ("rounds = \n", ["not valid TOML"]),
+    "bad_threshold": ('dense_threshold = "bogus"\n', ["bad threshold", "bogus"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_file_is_one_error_line(case, stub_launder, tmp_path, capsys):
+    text, expect = BAD_CONFIGS[case]
+    toml = tmp_path / "bad.toml"
+    toml.write_text(text)
+    rc, _, err = _launder_stub(capsys, stub_launder, "--config", toml)
+    assert_one_error_line(rc, err, *expect)
+    assert "cfg" not in stub_launder["seen"] and not stub_launder["out"].parent.exists()
+
+
+def test_missing_config_file_is_one_error_line(stub_launder, tmp_path, capsys):
+    rc, _, err = _launder_stub(capsys, stub_launder, "--config", tmp_path / "none.toml")
+    assert_one_error_line(rc, err, "none.toml", "cannot read")
+
+
+def test_help_shows_the_main_options_and_hides_the_rest(capsys):
+    rc, out, _ = cli(capsys, "launder", "--help")
+    assert rc == 0
+    shown = {w for line in out.splitlines() for w in line.split() if w.startswith("--")}
+    assert {"--config", "--rounds", "--seed", "--epochs", "--lr", "--layers", "--device",
+            "--dense-threshold", "--conv-threshold", "--report", "--quiet"} <= shown
+    assert not shown & {"--nc-steps", "--shrink", "--ood-share", "--distill", "--batch-size"}
+    assert len(shown) <= 18
+
+
+def test_settings_are_frozen_documented_and_detect_keeps_its_own_scale():
+    import inspect
+
+    from audit import api
+    from audit.config import toml_keys
+    from audit.settings import DetectConfig, LaunderConfig, NCConfig, RetrainConfig
+
+    for cls in (LaunderConfig, NCConfig, RetrainConfig, DetectConfig):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        LaunderConfig().rounds = 5
+    assert "retrain.ema" in toml_keys(LaunderConfig) and "nc.anomaly_scale" in toml_keys(LaunderConfig)
+    assert NCConfig().anomaly_scale == "l1" and DetectConfig().nc().anomaly_scale == "log"
+    sig = inspect.signature(api.detect).parameters
+    assert sig["seed"].default == DetectConfig().seed
+    assert sig["max_images"].default == DetectConfig().max_images

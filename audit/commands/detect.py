@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from audit.cli import SEED, data_options, emit_json, preflight, preprocess_from
+from audit.cli import data_options, emit_json, preflight, preprocess_from
+from audit.config import config_option
+from audit.settings import DetectConfig, NCConfig
 
 
 @click.command("detect")
@@ -12,14 +14,11 @@ from audit.cli import SEED, data_options, emit_json, preflight, preprocess_from
 @click.option("--data", type=click.Path(), required=True, help="Clean labelled images.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for report.json and mask/pattern PNGs.")
-@click.option("--max-images", type=int, default=1000, show_default=True,
-              help="Stratified sample of --data used for trigger recovery.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--nc-epochs", type=click.IntRange(1), default=40, show_default=True)
-@click.option("--nc-steps", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--anomaly-scale", type=click.Choice(["l1", "log"]), default="log", show_default=True,
-              help="Anomaly index on the log of the mask norms (ratios), or on the norms "
-                   "themselves as Neural Cleanse (l1); see README.")
+@config_option(DetectConfig, "max_images", "--max-images")
+@config_option(DetectConfig, "seed", "--seed")
+@config_option(NCConfig, "epochs", "--nc-epochs")
+@config_option(NCConfig, "steps_per_epoch", "--nc-steps")
+@config_option(DetectConfig, "anomaly_scale", "--anomaly-scale")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @data_options
@@ -27,14 +26,13 @@ def detect(model, data, report_dir, max_images, seed, nc_epochs, nc_steps, anoma
            quiet, device, **kw):
     """Recover a trigger per class (Neural Cleanse) and flag anomalously small ones."""
     from audit.api import detect as run_detect
-    from audit.nc import NCConfig
     from audit.paths import DETECT_REPORT, output_folder
 
     preflight(device, outputs=[output_folder(report_dir, DETECT_REPORT, "report folder") if report_dir else None],
               models=[model], data=[data], files=[kw["input_spec"]])
     pp = preprocess_from(kw)
-    d = run_detect(model, data, preprocess=pp, config=NCConfig(epochs=nc_epochs,
-                   steps_per_epoch=nc_steps, anomaly_scale=anomaly_scale), seed=seed, max_images=max_images,
+    nc = DetectConfig(anomaly_scale=anomaly_scale).nc(epochs=nc_epochs, steps_per_epoch=nc_steps)
+    d = run_detect(model, data, preprocess=pp, config=nc, seed=seed, max_images=max_images,
                    report_dir=report_dir, device=device, quiet=quiet)
     if as_json:
         emit_json(d)

@@ -1,12 +1,22 @@
-"""audit launder: remove black-box backdoor watermarks with a small clean subset."""
+"""audit launder: remove black-box backdoor watermarks with a small clean subset.
+
+Every setting is a field of audit.settings.LaunderConfig (its default and help written there
+once). The options a user needs are shown; the rest keep their flags, hidden, and come from
+`--config FILE.toml` (docs/formats.md). Precedence: defaults < the file < flags given.
+"""
 
 from __future__ import annotations
 
-import math
-
 import click
+from click.core import ParameterSource
 
-from audit.cli import SEED, FiniteFloat, data_options, preflight, preprocess_from
+from audit.cli import data_options, preflight, preprocess_from
+from audit.config import config_option, explicit_settings, load_config, with_settings
+from audit.settings import LaunderConfig
+
+
+def setting(path: str, *decls: str, **kw):
+    return config_option(LaunderConfig, path, *decls, **kw)
 
 
 @click.command("launder")
@@ -17,84 +27,54 @@ from audit.cli import SEED, FiniteFloat, data_options, preflight, preprocess_fro
               help="Where to write the laundered .onnx (never the input).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for report.json and trigger PNGs.")
-@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
-@click.option("--early-stop/--no-early-stop", default=True, show_default=True,
-              help="Stop before --rounds when the most likely infected class turns into the "
-                   "original least likely one, or when nothing is flagged and nothing reset.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--dense-threshold", default="z:2.0", show_default=True,
-              help="DT: a number / abs:V (absolute A_diff), z:K (mean+K*std of the layer), top:F.")
-@click.option("--conv-threshold", default="z:2.0", show_default=True, help="CT, same forms as DT.")
-@click.option("--layers", default="all", show_default=True,
-              help="all | second-half | comma-separated layer names (see `audit inspect`).")
-@click.option("--epochs", type=click.IntRange(0), default=20, show_default=True, help="Retraining epochs per round.")
-@click.option("--lr", default="auto", show_default=True,
-              help="Retraining learning rate, or auto: chosen among 1e-3, 3e-4, 1e-4 on a "
-                   "20% hold-out of the subset in round 1.")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--distill", type=FiniteFloat(0), default=1.0, show_default=True,
-              help="Weight of distillation from the original model on clean images (0 = off).")
-@click.option("--flagged-distill-scale", type=FiniteFloat(0), default=3.0, show_default=True,
-              help="--distill is multiplied by this once Neural Cleanse has flagged a class "
-                   "(its stamped images then guard the unlearning; see README).")
-@click.option("--shrink", type=FiniteFloat(0, 1, min_open=True), default=0.5, show_default=True,
-              help="When Neural Cleanse flags nothing in round 1, that round retrains from the "
-                   "layers' weights multiplied by this, so that memorised images it cannot see "
-                   "fade (abstract-image watermarks; see README). 1 = off.")
-@click.option("--augment/--no-augment", default=True, show_default=True,
-              help="Random shifts of clean and stamped images during retraining.")
-@click.option("--ood-share", type=FiniteFloat(0, 4), default=0.5, show_default=True,
-              help="Fresh synthetic out-of-distribution images (printed characters, scribbles, "
-                   "smooth fields, noise) learnt as the sink class each retraining epoch, as a share of the "
-                   "retraining set; against unrelated and abstract-image watermarks. 0 = off.")
-@click.option("--trigger-dilate", type=click.IntRange(0, 8), default=0, show_default=True,
-              help="Half of the stamped retraining images carry the recovered trigger grown by "
-                   "this many pixels (its colours extended): Neural Cleanse recovers the core of a "
-                   "trigger, and a backdoor unlearnt on the core alone may still fire.")
-@click.option("--nc-epochs", type=click.IntRange(1), default=40, show_default=True,
-              help="Neural Cleanse epochs (early stopping may end sooner).")
-@click.option("--nc-epochs-later", type=click.IntRange(1), default=20, show_default=True,
-              help="Neural Cleanse epochs in rounds 2 and later (at most --nc-epochs).")
-@click.option("--nc-steps", type=click.IntRange(1), default=8, show_default=True,
-              help="Neural Cleanse optimisation steps per epoch.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML file of any other setting: LaunderConfig fields, [nc] and [retrain] "
+                   "tables (docs/formats.md). Options given here override it.")
+@setting("rounds", "--rounds")
+@setting("seed", "--seed")
+@setting("dense_threshold", "--dense-threshold")
+@setting("conv_threshold", "--conv-threshold")
+@setting("layers", "--layers")
+@setting("retrain.epochs", "--epochs")
+@setting("retrain.lr", "--lr")
+# hidden: set them in --config; the flags keep working and override the file
+@setting("early_stop", "--early-stop/--no-early-stop", hidden=True)
+@setting("retrain.batch_size", "--batch-size", hidden=True)
+@setting("retrain.distill", "--distill", hidden=True)
+@setting("flagged_distill_scale", "--flagged-distill-scale", hidden=True)
+@setting("shrink", "--shrink", hidden=True)
+@setting("retrain.augment", "--augment/--no-augment", hidden=True)
+@setting("ood_share", "--ood-share", hidden=True)
+@setting("trigger_dilate", "--trigger-dilate", hidden=True)
+@setting("nc.epochs", "--nc-epochs", hidden=True)
+@setting("nc_epochs_later", "--nc-epochs-later", hidden=True)
+@setting("nc.steps_per_epoch", "--nc-steps", hidden=True)
 @click.option("--quiet", is_flag=True, help="No progress bars or summary.")
 @data_options
-def launder(model, data, output, report_dir, rounds, early_stop, seed, dense_threshold, conv_threshold,
-            layers, epochs, lr, batch_size, distill, flagged_distill_scale, shrink, augment, ood_share,
-            trigger_dilate, nc_epochs, nc_epochs_later, nc_steps, quiet, device, **kw):
+@click.pass_context
+def launder(ctx, model, data, output, report_dir, config_file, quiet, device, **kw):
     """Launder MODEL: recover triggers, reset the units they drive, retrain; write -o."""
     from audit.api import launder as run_launder
-    from audit.errors import AuditError
-    from audit.launder import LaunderConfig
-    from audit.nc import NCConfig
     from audit.paths import LAUNDER_REPORT, model_has_external_data, output_file, output_folder
     from audit.reset import Threshold
-    from audit.retrain import RetrainConfig
 
-    try:
-        lr_value = None if str(lr).lower() == "auto" else float(lr)
-    except ValueError:
-        raise AuditError(f"--lr: expected a number or auto, got {lr!r}") from None
-    if lr_value is not None and not (math.isfinite(lr_value) and lr_value > 0):
-        raise AuditError(f"--lr: expected a positive number or auto, got {lr!r}")
-    Threshold.parse(dense_threshold)
-    Threshold.parse(conv_threshold)
+    cfg = load_config(LaunderConfig, config_file) if config_file else LaunderConfig()
+    given = explicit_settings(ctx)
+    if ctx.get_parameter_source("device") not in (None, ParameterSource.DEFAULT):
+        given["device"] = device
+    cfg = with_settings(cfg, given)
+    Threshold.parse(cfg.dense_threshold)
+    Threshold.parse(cfg.conv_threshold)
     outputs = [output_file(output, "laundered model")]
     if model_has_external_data(model):
         outputs.append(output_file(f"{output}.data", "laundered model's external data"))
     if report_dir:
         outputs.append(output_folder(report_dir, LAUNDER_REPORT, "report folder"))
-    preflight(device, outputs=outputs, models=[model], data=[data], files=[kw["input_spec"]])
+    preflight(cfg.device, outputs=outputs, models=[model], data=[data],
+              files=[kw["input_spec"], config_file])
     pp = preprocess_from(kw)
-    cfg = LaunderConfig(rounds=rounds, early_stop=early_stop, seed=seed, dense_threshold=dense_threshold,
-                        conv_threshold=conv_threshold, layers=layers, device=device, ood_share=ood_share,
-                        trigger_dilate=trigger_dilate, flagged_distill_scale=flagged_distill_scale,
-                        nc_epochs_later=nc_epochs_later, shrink=shrink,
-                        nc=NCConfig(epochs=nc_epochs, steps_per_epoch=nc_steps),
-                        retrain=RetrainConfig(epochs=epochs, lr=lr_value, batch_size=batch_size,
-                                              distill=distill, augment=augment))
     res = run_launder(model, data, output, preprocess=pp, config=cfg, report_dir=report_dir,
-                      device=device, quiet=quiet)
+                      device=cfg.device, quiet=quiet)
     if not quiet:
         _summary(res, output, report_dir)
     return 0

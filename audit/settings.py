@@ -1,0 +1,175 @@
+"""Every setting of laundering and detection, with its default and help, written once.
+
+The frozen dataclasses here are the single source of truth: the CLI builds its options from
+them (audit.config.config_option), `audit launder --config FILE.toml` sets their fields
+(audit.config.load_config), and report.json records them (LaunderConfig.to_dict). Each field's
+metadata holds its `help` text and, where it has one, its range (`min`, `max`, `min_open`,
+`max_open`), its `choices`, and the word (`none`) that stands for None in a TOML file.
+
+This module imports neither torch nor click, so that the CLI can read it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+#: the anomaly index's scale, per purpose: `audit detect` (and api.detect) report it on the
+#: logarithms of the mask norms (ratios), laundering flags on Neural Cleanse's own L1 scale
+DETECT_ANOMALY_SCALE = "log"
+LAUNDER_ANOMALY_SCALE = "l1"
+ANOMALY_SCALES = ("l1", "log")
+
+
+def setting(default=None, help: str = "", *, factory=None, **meta):
+    """A dataclass field with its help text (and range, choices...) in its metadata."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class NCConfig:
+    """Neural Cleanse trigger recovery (audit.nc; docs/method.md)."""
+
+    epochs: int = setting(40, "Neural Cleanse epochs (early stopping may end sooner).", min=1)
+    steps_per_epoch: int = setting(8, "Neural Cleanse optimisation steps per epoch.", min=1)
+    batch_size: int = setting(32, "Clean images per class per step.", min=1)
+    lr: float = setting(0.1, "Adam learning rate of the masks and patterns.", min=0, min_open=True)
+    betas: tuple[float, float] = setting((0.5, 0.9), "Adam betas.", min=0, max=1, max_open=True)
+    init_cost: float = setting(1e-3, "Initial weight lambda of the mask's L1 norm.", min=0)
+    cost_up: float = setting(2.0, "lambda is multiplied by this after `patience` successful "
+                             "epochs.", min=1)
+    cost_down: float = setting(2.0 ** 1.5, "lambda is divided by this after `patience` "
+                               "unsuccessful epochs.", min=1)
+    patience: int = setting(5, "Epochs before lambda moves.", min=1)
+    attack_threshold: float = setting(0.99, "Attack success that counts as successful.",
+                                      min=0, max=1)
+    early_stop: bool = setting(True, "Stop a class once its best norm stops improving (and "
+                               "lambda has moved both ways).")
+    early_stop_threshold: float = setting(0.99, "A norm improves when it falls below this "
+                                          "share of the best one.", min=0, max=1)
+    early_stop_patience: int = setting(25, "Epochs without improvement before a class stops.",
+                                       min=1)
+    # None: 4 on the CPU (measured fastest on 2 cores: larger batches leave the cache; see
+    # README), 32 on CUDA
+    class_chunk: int | None = setting(None, "Classes per forward pass; auto: 4 on the CPU, 32 "
+                                      "on CUDA.", min=1, none="auto")
+    anomaly_scale: str = setting(LAUNDER_ANOMALY_SCALE, "Scale of the anomaly index: l1 (Neural "
+                                 "Cleanse's, on the mask norms) or log (on their logarithms).",
+                                 choices=ANOMALY_SCALES)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Retraining on the small clean subset (audit.retrain)."""
+
+    epochs: int = setting(20, "Retraining epochs per round.", min=0)
+    lr: float | None = setting(None, "Retraining learning rate, or auto: chosen among 1e-3, "
+                               "3e-4, 1e-4 on a 20% hold-out of the subset in round 1.",
+                               min=0, min_open=True, none="auto")
+    batch_size: int = setting(32, "Retraining batch size.", min=1)
+    augment: bool = setting(True, "Random shifts of clean and stamped images during "
+                            "retraining.")
+    distill: float = setting(1.0, "Weight of distillation from the original model on clean "
+                             "images (0 = off).", min=0)
+    mixup: float = setting(0.5, "Share of the clean images of a batch also distilled as mixup "
+                           "blends of two of them: the teacher's scores between classes carry "
+                           "what a few hundred hard labels cannot.", min=0)
+    max_epochs: int = setting(60, "After `epochs`, retraining goes on up to this many epochs "
+                              "until the stamped images are learnt.", min=0)
+    ema: float = setting(0.98, "Decay per step of an exponential moving average of the weights "
+                         "(0 = off): the model kept is the average, which keeps more clean "
+                         "accuracy and leaves less of an unrelated watermark.", min=0, max=1,
+                         max_open=True)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def shift_for(self, h: int, w: int) -> int:
+        """Pixels of the random shifts: 7% of the smaller side (2 on MNIST/CIFAR, 1 on 8x8)."""
+        return max(1, round(0.07 * min(h, w))) if self.augment else 0
+
+
+@dataclass(frozen=True)
+class LaunderConfig:
+    """Neural Network Laundering (audit.launder; docs/method.md)."""
+
+    rounds: int = setting(3, "Laundering rounds (recover -> reset -> retrain).", min=1, max=20)
+    early_stop: bool = setting(True, "Stop before `rounds` when the most likely infected class "
+                               "turns into the original least likely one, or when nothing is "
+                               "flagged and nothing reset.")
+    seed: int = setting(0, "Seed of every random draw.", min=0, max=2 ** 32 - 1)
+    dense_threshold: str = setting("z:2.0", "DT: a number / abs:V (absolute A_diff), z:K "
+                                   "(mean+K*std of the layer), top:F.")
+    conv_threshold: str = setting("z:2.0", "CT, same forms as DT.")
+    layers: str = setting("all", "all | second-half | comma-separated layer names (see `audit "
+                          "inspect`).")
+    nc: NCConfig = setting(help="Neural Cleanse settings.", factory=NCConfig)
+    retrain: RetrainConfig = setting(help="Retraining settings.", factory=RetrainConfig)
+    ood_share: float = setting(0.5, "Fresh synthetic out-of-distribution images (printed "
+                               "characters, scribbles, smooth fields, noise) learnt as the sink "
+                               "class each retraining epoch, as a share of the retraining set; "
+                               "against unrelated and abstract-image watermarks. 0 = off.",
+                               min=0, max=4)
+    # Neural Cleanse finds the smallest trigger that flips the model, usually a core of the
+    # real one. Off by default: it helps on BadNets-MNIST and hurts the 16x16 digits content
+    # watermark (README)
+    trigger_dilate: int = setting(0, "Half of the stamped retraining images carry the recovered "
+                                  "trigger grown by this many pixels (its colours extended): a "
+                                  "backdoor unlearnt on the core of its trigger alone may still "
+                                  "fire.", min=0, max=8)
+    keep_smallest_trigger: bool = setting(True, "A suspect's trigger is the smallest one "
+                                          "recovered for it in any round: once a round unlearnt "
+                                          "a backdoor, that class's new recovery is an ordinary "
+                                          "(large) trigger.")
+    keep_used_triggers: bool = setting(True, "A class whose trigger a round unlearnt (flagged, "
+                                       "or the most likely one when nothing is flagged) stays a "
+                                       "suspect, stamped in every later round, so that a partly "
+                                       "unlearnt watermark does not creep back.")
+    anchor_thresholds: bool = setting(True, "After round 1 a unit is reset only if its A_diff "
+                                      "also exceeds round 1's cutoff for its layer: relative "
+                                      "thresholds (z:, top:) always select someone.")
+    # While nothing is flagged, the watermark (if any) is one Neural Cleanse cannot see and
+    # only the out-of-distribution term removes it: a strong pull towards the original model
+    # would keep it, so the base weight stays
+    flagged_distill_scale: float = setting(3.0, "The distillation weight is multiplied by this "
+                                           "once Neural Cleanse has flagged a class (its stamped "
+                                           "images then guard the unlearning; see README).",
+                                           min=0)
+    # round 1 keeps the full schedule; None: nc.epochs
+    nc_epochs_later: int | None = setting(20, "Neural Cleanse epochs in rounds 2 and later (at "
+                                          "most nc.epochs): their recoveries serve the stop test "
+                                          "and any residual suspect.", min=1)
+    # a watermark Neural Cleanse cannot see is a set of memorised images, which distillation
+    # from the original model carries over while the weights stay where they are. Not used
+    # when round 1 flags a class: its stamped images unlearn that backdoor, and the shrink
+    # costs clean accuracy. The flag is the launder's own (L1) index: the log index's
+    # occasional false alarm on an Adi model would leave it unlaundered (README)
+    shrink: float = setting(0.5, "When Neural Cleanse flags nothing in round 1, that round "
+                            "retrains from the layers' weights multiplied by this, so that "
+                            "memorised images it cannot see fade (abstract-image watermarks; see "
+                            "README). 1 = off.", min=0, max=1, min_open=True)
+    # checked as --device is (audit.graphs.runtime), before any work
+    device: str = setting("auto", "Where onnxruntime and torch run: auto, cpu or cuda.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """`audit detect` (api.detect); its Neural Cleanse settings are NCConfig's."""
+
+    seed: int = setting(0, "Seed of the sample and of the recovery.", min=0, max=2 ** 32 - 1)
+    max_images: int = setting(1000, "Stratified sample of --data used for trigger recovery "
+                              "(0 = all).", min=0)
+    anomaly_scale: str = setting(DETECT_ANOMALY_SCALE, "Anomaly index on the log of the mask "
+                                 "norms (ratios), or on the norms themselves as Neural Cleanse "
+                                 "(l1); see README.", choices=ANOMALY_SCALES)
+
+    def nc(self, **changes) -> NCConfig:
+        """The Neural Cleanse settings of detection: NCConfig's, on this anomaly scale."""
+        return NCConfig(anomaly_scale=self.anomaly_scale, **changes)
