@@ -859,8 +859,8 @@ def _git_commit() -> str | None:
 
 def _git_dirty() -> bool | None:
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--", "audit", "graphs", "converters"],
-                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+        cmd = ["git", "status", "--porcelain", "--untracked-files=no", "--", "audit", "graphs", "converters"]
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
         return bool(out.strip())
     except Exception:
         return None
