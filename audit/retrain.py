@@ -100,23 +100,9 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
             break
         perm = torch.randperm(n, generator=gen)
         xo = torch.from_numpy(ood(epoch)).to(device) if ood is not None and OOD_WEIGHT > 0 else None
-        per_batch = -(-len(xo) // n_batches) if xo is not None else 0
-        total, count = 0.0, 0
-        for b, i in enumerate(range(0, len(perm), cfg.batch_size)):
-            idx = perm[i:i + cfg.batch_size].to(device)
-            if len(idx) < 2:
-                continue
-            ob = xo[b * per_batch:(b + 1) * per_batch] if xo is not None else data.x[:0]
-            loss = _batch_loss(forward, data, idx, ob, cfg, gen, teacher, ood_label)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            keep.apply()
-            if ema is not None:
-                ema.update()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        losses.append(total / max(count, 1))
+        step = _Step(forward=forward, data=data, cfg=cfg, gen=gen, teacher=teacher, ood_label=ood_label,
+                     opt=opt, keep=keep, ema=ema)
+        losses.append(_epoch(step, perm.to(device), xo, n_batches))
         if progress:
             progress(min(epoch + 1, cfg.epochs), cfg.epochs)
     if ema is not None:
@@ -124,6 +110,42 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
         keep.apply()
     module.eval()
     return losses
+
+
+@dataclass
+class _Step:
+    """What one optimisation step of retrain() uses."""
+
+    forward: Callable
+    data: _Batches
+    cfg: RetrainConfig
+    gen: torch.Generator
+    teacher: object
+    ood_label: int | None
+    opt: torch.optim.Optimizer
+    keep: ResetMask
+    ema: _Ema | None
+
+
+def _epoch(step: _Step, perm: torch.Tensor, xo: torch.Tensor | None, n_batches: int) -> float:
+    """One pass over the batches of perm (with this epoch's OOD images xo); the mean loss."""
+    per_batch = -(-len(xo) // n_batches) if xo is not None else 0
+    total, count = 0.0, 0
+    for b, i in enumerate(range(0, len(perm), step.cfg.batch_size)):
+        idx = perm[i:i + step.cfg.batch_size]
+        if len(idx) < 2:
+            continue
+        ob = xo[b * per_batch:(b + 1) * per_batch] if xo is not None else step.data.x[:0]
+        loss = _batch_loss(step.forward, step.data, idx, ob, step.cfg, step.gen, step.teacher, step.ood_label)
+        step.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        step.opt.step()
+        step.keep.apply()
+        if step.ema is not None:
+            step.ema.update()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+    return total / max(count, 1)
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:

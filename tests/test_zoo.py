@@ -240,4 +240,5 @@ def test_cli_build_short(tmp_path):
 
 def test_cli_user_error(tmp_path):
     res = CliRunner().invoke(zoo, ["build", "--epochs", "0", "-o", str(tmp_path)])
-    assert res.exit_code != 0 and isinstance(res.exception, AuditError)
+    # AuditError is a click exception: one error line, exit 2
+    assert res.exit_code == 2 and res.output.splitlines() == ["error: --epochs must be at least 1, got 0"]
