@@ -101,8 +101,8 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
         perm = torch.randperm(n, generator=gen)
         xo = torch.from_numpy(ood(epoch)).to(device) if ood is not None and OOD_WEIGHT > 0 else None
         step = _Step(forward=forward, data=data, cfg=cfg, gen=gen, teacher=teacher, ood_label=ood_label,
-                     opt=opt, keep=keep, ema=ema)
-        losses.append(_epoch(step, perm.to(device), xo, n_batches))
+                     opt=opt, keep=keep, ema=ema, device=device)
+        losses.append(_epoch(step, perm, xo, n_batches))
         if progress:
             progress(min(epoch + 1, cfg.epochs), cfg.epochs)
     if ema is not None:
@@ -125,14 +125,16 @@ class _Step:
     opt: torch.optim.Optimizer
     keep: ResetMask
     ema: _Ema | None
+    device: torch.device
 
 
 def _epoch(step: _Step, perm: torch.Tensor, xo: torch.Tensor | None, n_batches: int) -> float:
-    """One pass over the batches of perm (with this epoch's OOD images xo); the mean loss."""
+    """One pass over the batches of perm (drawn on the CPU; each batch's indices go to the
+    device) with this epoch's OOD images xo; the mean loss."""
     per_batch = -(-len(xo) // n_batches) if xo is not None else 0
     total, count = 0.0, 0
     for b, i in enumerate(range(0, len(perm), step.cfg.batch_size)):
-        idx = perm[i:i + step.cfg.batch_size]
+        idx = perm[i:i + step.cfg.batch_size].to(step.device)
         if len(idx) < 2:
             continue
         ob = xo[b * per_batch:(b + 1) * per_batch] if xo is not None else step.data.x[:0]

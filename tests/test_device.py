@@ -263,7 +263,7 @@ def test_launder_sends_module_teacher_triggers_and_batches_to_the_device(tiny, f
     # retraining: the whole set (clean + stamped + masks), its labels and flags, the OOD images
     # of each epoch, each batch's indices (shifts, mixup draws and OOD labels follow the
     # batch's own device, as reset masks follow their weights')
-    rt = tensors("retrain")
+    rt = tensors("retrain") + tensors("_epoch")
     big = [t for t in rt if t.dim() == 4 and t.shape[1:] == SHAPE and len(t) > N]
     assert big, [tuple(t.shape) for t in rt]
     n_set = len(big[0])
