@@ -1,4 +1,5 @@
-"""Shared fixtures: where the real data lives (../shared/data), and skipping when it is absent."""
+"""Shared fixtures: where the real data lives (../shared/data), and skipping when it is absent;
+the digits zoo's content entry, built once per test run."""
 
 from __future__ import annotations
 
@@ -22,3 +23,20 @@ def shared_data() -> Path:
 def manifest(shared_data: Path) -> dict:
     """MANIFEST.json of ../shared/data."""
     return json.loads((shared_data / "MANIFEST.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def digits_content(tmp_path_factory):
+    """The digits zoo's content entry (watermarked model, vanilla twin, data, triggers) with the
+    default recipe and seed 0, trained with one torch thread; built once for every module."""
+    import torch
+
+    from audit.models_zoo.build import build_entry
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        root = tmp_path_factory.mktemp("zoo")
+        return build_entry("digits", "content", root / "digits_content", seed=0, quiet=True)
+    finally:
+        torch.set_num_threads(before)

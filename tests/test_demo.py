@@ -1,4 +1,4 @@
-"""`audit demo` (issue 4): the README's main job, end to end on the embedded digits data.
+"""`audit demo`: the README's main job, end to end on the embedded digits data.
 
 One run per module (`audit demo --out <tmp> --quiet --device cpu`, in process): it builds a
 content-watermarked digits model and its vanilla twin, verifies, detects, launders with 150

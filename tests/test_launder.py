@@ -1,9 +1,9 @@
-"""`audit launder` (issue 3): recover -> reset -> retrain removes a watermark, and says what it did.
+"""`audit launder`: recover -> reset -> retrain removes a watermark, and says what it did.
 
 Always-on part: a small Zhang-content watermarked CNN on scikit-learn digits, built once per
-module by the zoo (`build_entry("digits", "content", ...)`, which also trains the vanilla
-twin), laundered through the CLI with a 150-image stratified subset. The shared part (real
-BadNets model from ../shared/data) is marked shared + slow and skips when the data is absent;
+test run by the zoo (conftest's `digits_content`, which also trains the vanilla twin),
+laundered through the CLI with a 150-image stratified subset. The shared part (real BadNets
+model from ../shared/data) is marked shared + slow and skips when the data is absent;
 the MNIST acceptance numbers (360 images, Table 5 models) are measured by bench/launder_*.py.
 
 The machine running the suite may be shared with other jobs: torch is limited to one thread
@@ -82,19 +82,15 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory, one_thread) -> dict:
-    from audit.models_zoo.build import build_entry
-
+def zoo(tmp_path_factory, one_thread, digits_content) -> dict:
     root = tmp_path_factory.mktemp("launder_zoo")
-    t = time.perf_counter()
-    entry = build_entry("digits", "content", root / "digits_content", seed=0, quiet=True)
-    build_s = time.perf_counter() - t
+    entry = digits_content
     geo = dict(channels=1, height=16, width=16)
     train = load_dataset(entry.data_dir / "train.npz", **geo)
     sub = stratified_subset(train, SUBSET, seed=0)
     work = root / "work"
     work.mkdir()
-    return {"entry": entry, "build_s": build_s, "work": work,
+    return {"entry": entry, "work": work,
             "subset": write_npz(work / "subset150.npz", sub.x, sub.y), "subset_ds": sub,
             "test": load_dataset(entry.data_dir / "test.npz", **geo),
             "triggers": load_dataset(entry.triggers, **geo)}

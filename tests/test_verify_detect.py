@@ -1,7 +1,7 @@
-"""`audit verify` and `audit detect` (issue 4): ownership proofs and backdoor detection.
+"""`audit verify` and `audit detect`: ownership proofs and backdoor detection.
 
 Always-on part: one Zhang-content watermarked digits CNN and its vanilla twin, built once per
-module by the zoo (``build_entry("digits", "content", ...)``, default recipe), and one laundered
+test run by the zoo (conftest's ``digits_content``, default recipe), and one laundered
 copy made by `audit launder` from a 150-image stratified subset of the zoo's data/train.npz
 (1 round, 20 NC epochs: the test budget -- on this model round 2 only confirms that
 nothing is left; the default-settings numbers for all four schemes are
@@ -99,11 +99,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory, one_thread) -> dict:
-    from audit.models_zoo.build import build_entry
-
+def zoo(tmp_path_factory, one_thread, digits_content) -> dict:
     root = tmp_path_factory.mktemp("verify_zoo")
-    entry = build_entry("digits", "content", root / "digits_content", seed=0, quiet=True)
+    entry = digits_content
     train = load_dataset(entry.data_dir / "train.npz", **GEO)
     sub = stratified_subset(train, SUBSET, seed=0)
     work = root / "work"
