@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from torch import nn
 from audit.converters.registry import missing_converters, register_aliases
 from audit.errors import ConversionError
 from audit.graphs import passes as P
-from audit.graphs.model import PARITY_ATOL, AuditModel, _runnable, random_input
+from audit.graphs.model import PARITY_ATOL, AuditModel, _runnable, _same_outputs, random_input
 from audit.graphs.runtime import Runner, make_session
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def convertible_graph(am: AuditModel) -> tuple[onnx.ModelProto, list[str]]:
             continue
         if missing_converters(up):
             continue
-        if not _same_logits(am, graph, up):
+        scores = dataclasses.replace(am.info, output_name=graph.graph.output[0].name)
+        if not _same_outputs(graph, up, scores, am.device, batch=3):
             tried.append(f"the graph upgraded to opset {target} computes other scores")
             continue
         return up, [f"opset {P.opset(graph)} upgraded to {target} by onnx.version_converter for the "
@@ -107,17 +109,6 @@ def convertible_graph(am: AuditModel) -> tuple[onnx.ModelProto, list[str]]:
     raise ConversionError(f"onnx2torch cannot convert {missing[0]}"
                           + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
                           + (f"; {tried[0]}" if tried else ""))
-
-
-def _same_logits(am: AuditModel, a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
-    x = random_input(am.info, 3)
-    try:
-        ra = make_session(_runnable(a), am.device).run(None, {am.info.input_name: x})[0]
-        rb = make_session(_runnable(b), am.device).run(None, {am.info.input_name: x})[0]
-    except Exception as exc:
-        log.debug("upgraded graph does not run: %s", exc)
-        return False
-    return ra.shape == rb.shape and bool(np.allclose(ra, rb, atol=PARITY_ATOL, rtol=1e-4))
 
 
 def to_torch(am: AuditModel, x_check: np.ndarray | None = None, *, atol: float = PARITY_ATOL,

@@ -137,6 +137,26 @@ def _remove_unused_initializers(model: onnx.ModelProto) -> None:
         model.graph.initializer.extend(keep)
 
 
+def _add_after(cons: dict[str, list[onnx.NodeProto]], tensor: str, inits) -> tuple[onnx.NodeProto, str] | None:
+    """The only consumer of tensor when it is an Add of an initializer: (that Add, the initializer)."""
+    users = cons.get(tensor, [])
+    if len(users) != 1 or users[0].op_type != "Add":
+        return None
+    add = users[0]
+    other = add.input[1] if add.input[0] == tensor else add.input[0]
+    return (add, other) if other in inits else None
+
+
+def _bias_initializer(m: onnx.ModelProto, ctx: PassContext, owner: str, src: str, value: np.ndarray) -> str:
+    """A new 1-D bias initializer for node `owner`, holding initializer src's values; write-back
+    reshapes it to src's shape."""
+    name = _unique(m, owner + "_bias")
+    m.graph.initializer.append(numpy_helper.from_array(value.reshape(-1), name))
+    shape = tuple(initializers(m)[src].dims)
+    ctx.derive(name, src, lambda v, s=shape: np.reshape(v, s))
+    return name
+
+
 # ---------------------------------------------------------------- structural passes
 def remove_initializer_inputs(model: onnx.ModelProto, ctx: PassContext):
     """Old exporters (IR < 4, CNTK) list every initializer as a graph input too."""
@@ -330,13 +350,10 @@ def fuse_conv_add(model: onnx.ModelProto, ctx: PassContext):
             continue
         if conv.input[1] not in inits or conv.output[0] in graph_outputs:
             continue
-        users = cons.get(conv.output[0], [])
-        if len(users) != 1 or users[0].op_type != "Add":
+        found = _add_after(cons, conv.output[0], inits)
+        if found is None:
             continue
-        add = users[0]
-        other = add.input[1] if add.input[0] == conv.output[0] else add.input[0]
-        if other not in inits:
-            continue
+        add, other = found
         w = inits[conv.input[1]]
         c, spatial = w.shape[0], w.ndim - 2
         b = inits[other]
@@ -346,9 +363,7 @@ def fuse_conv_add(model: onnx.ModelProto, ctx: PassContext):
         # per-channel bias must broadcast as [C, 1, ..., 1]; a 1-D [C] would broadcast over W
         if b.size != c or (squeezed != (c,) + (1,) * spatial and c != 1):
             continue
-        bias_name = _unique(m, conv.name + "_bias")
-        m.graph.initializer.append(numpy_helper.from_array(b.reshape(c).astype(np.float32), bias_name))
-        ctx.derive(bias_name, other, lambda v, s=b.shape: np.reshape(v, s))
+        bias_name = _bias_initializer(m, ctx, conv.name, other, b.astype(np.float32))
         while len(conv.input) < 3:
             conv.input.append("")
         conv.input[2] = bias_name
@@ -377,16 +392,12 @@ def fuse_matmul_add(model: onnx.ModelProto, ctx: PassContext):
         w = inits[mm.input[1]]
         gemm_inputs = [mm.input[0], mm.input[1]]
         out = mm.output[0]
-        users = cons.get(out, [])
-        if out not in graph_outputs and len(users) == 1 and users[0].op_type == "Add":
-            add = users[0]
-            other = add.input[1] if add.input[0] == out else add.input[0]
-            b = inits.get(other)
-            if b is not None and b.size == w.shape[1] and (b.ndim == 1 or b.shape[0] == 1):
-                bias_name = _unique(m, mm.name + "_bias")
-                m.graph.initializer.append(numpy_helper.from_array(b.reshape(-1), bias_name))
-                ctx.derive(bias_name, other, lambda v, s=b.shape: np.reshape(v, s))
-                gemm_inputs.append(bias_name)
+        found = _add_after(cons, out, inits) if out not in graph_outputs else None
+        if found is not None:
+            add, other = found
+            b = inits[other]
+            if b.size == w.shape[1] and (b.ndim == 1 or b.shape[0] == 1):
+                gemm_inputs.append(_bias_initializer(m, ctx, mm.name, other, b))
                 out = add.output[0]
                 m.graph.node.remove(add)
         gemm = helper.make_node("Gemm", gemm_inputs, [out], name=mm.name)
@@ -407,9 +418,12 @@ def gemm_bias(model: onnx.ModelProto, ctx: PassContext):
     - a C of one value (scalar, [1], [1,1]) becomes an Add after the Gemm;
     - an Add of a per-unit initializer ([N] or [1, N]) right after a Gemm without C becomes its C.
     """
+    if not any(n.op_type == "Gemm" for n in model.graph.node):
+        return model, False
     m = copy_model(model)
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     graph_outputs = {o.name for o in m.graph.output}
+    cons = consumers(m)
     modified = False
     for g in list(m.graph.node):
         if g.op_type != "Gemm" or len(g.input) < 2 or g.input[1] not in inits:
@@ -429,20 +443,14 @@ def gemm_bias(model: onnx.ModelProto, ctx: PassContext):
             m.graph.node.insert(list(m.graph.node).index(g) + 1, helper.make_node(
                 "Add", [g.output[0], value], [out], name=_unique(m, g.name + "_add_c")))
             has_c, modified = False, True
-        if has_c or g.output[0] in graph_outputs:
+        found = None if has_c or g.output[0] in graph_outputs else _add_after(cons, g.output[0], inits)
+        if found is None:
             continue
-        users = consumers(m).get(g.output[0], [])
-        if len(users) != 1 or users[0].op_type != "Add":
+        add, other = found
+        b = inits[other]
+        if b.size != units or not (b.ndim == 1 or b.shape == (1, units)):
             continue
-        add = users[0]
-        other = add.input[1] if add.input[0] == g.output[0] else add.input[0]
-        b = inits.get(other)
-        if b is None or b.size != units or not (b.ndim == 1 or b.shape == (1, units)):
-            continue
-        bias_name = _unique(m, g.name + "_bias")
-        m.graph.initializer.append(numpy_helper.from_array(b.reshape(-1), bias_name))
-        ctx.derive(bias_name, other, lambda v, s=b.shape: np.reshape(v, s))
-        g.input.append(bias_name)
+        g.input.append(_bias_initializer(m, ctx, g.name, other, b))
         set_attr(g, "beta", 1.0)
         g.output[0] = add.output[0]
         m.graph.node.remove(add)
@@ -458,10 +466,12 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """Tensor name -> dims (ints, symbolic names or None) from shape inference, or from the
+    graph's own value infos where inference fails."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:
-        return {}
+        inferred = model
     out = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         t = vi.type.tensor_type
@@ -666,7 +676,7 @@ def expose_scores(model: onnx.ModelProto, ctx: PassContext):
     if len(scores) != 1:
         return model, False   # analyse() names the problem
     name, why = scores[0]
-    shape = _tensor_shape(m, name)
+    shape = _static_shapes(m).get(name) or None
     if zipmap_classes and (shape is None or len(shape) != 2 or not isinstance(shape[1], int)):
         shape = [_input_batch(m), zipmap_classes]   # ai.onnx.ml ops carry no shapes
     k = _squeezed_classes(shape, _input_batch(m))
@@ -731,21 +741,6 @@ def _squeezed_classes(shape, batch) -> int | None:
     return rest[0] if len(shape) > 2 else None
 
 
-def _tensor_shape(model: onnx.ModelProto, name: str):
-    vis = list(model.graph.output) + list(model.graph.value_info)
-    try:
-        vis += list(onnx.shape_inference.infer_shapes(model).graph.value_info)
-    except Exception:
-        pass
-    for vi in vis:
-        if vi.name == name and vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                    for d in vi.type.tensor_type.shape.dim]
-            if dims:
-                return dims
-    return None
-
-
 def _elem_type(model: onnx.ModelProto, name: str) -> int | None:
     for vi in list(model.graph.output) + list(model.graph.value_info):
         if vi.name == name and vi.type.HasField("tensor_type"):
@@ -805,6 +800,9 @@ def pool_unit_axes(model: onnx.ModelProto, ctx: PassContext):
     1 (stride 1, no padding), becomes a pooling over those axes alone: the unit-window axes move
     next to the batch and are folded into it. onnxruntime pools 1-3 axes only; jax2onnx lowers
     `lax.reduce_window` over NHWC this way ([1,1,N,H,W,C], kernel [1,2,2,1])."""
+    if not any(n.op_type in ("MaxPool", "AveragePool") and len(attr(n, "kernel_shape") or []) > 3
+               for n in model.graph.node):
+        return model, False   # shape inference only where a candidate exists
     shapes = _static_shapes(model)
     m = copy_model(model)
     modified = False
@@ -896,6 +894,8 @@ def drop_legacy_attributes(model: onnx.ModelProto, ctx: PassContext):
     """Old exporters (CNTK) keep `is_test`, `consumed_inputs` or `spatial=1` on ops whose schema at
     the model's opset no longer has them; onnxruntime refuses such nodes, though the attributes
     change nothing there. Dropped; any other unknown attribute is left for the runtime to name."""
+    if not any(a.name in _LEGACY_ATTRIBUTES for n in model.graph.node for a in n.attribute):
+        return model, False
     version = opset(model)
     m = copy_model(model)
     dropped = []

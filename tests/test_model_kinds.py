@@ -140,6 +140,17 @@ def test_opset7_upsample_and_batchnorm7(tmp_path, capsys, subset):
     assert r["opset"] == 7
 
 
+def test_opset9_slice1_is_converted_at_a_newer_opset(tmp_path, capsys, subset):
+    """Slice-1 (attributes, PyTorch 1.x at opset 9) has no converter: the graph is upgraded for the
+    conversion only, checked to compute the same scores, and written back at opset 9."""
+    nodes, inits = conv_head()
+    nodes.append(helper.make_node("Slice", ["r"], ["s"], name="crop", axes=[2, 3], starts=[1, 1], ends=[7, 7]))
+    tail, tinits = dense_tail("s", 8 * 6 * 6)
+    m = make(nodes + tail, inits + tinits, opset=9, in_shape=["N", 1, 8, 8], out_shape=["N", K])
+    r = check_kind(tmp_path, capsys, subset, m, note="opset 9 upgraded to 13")
+    assert r["opset"] == 9
+
+
 # ---------------------------------------------------------------- class scores without a batch axis
 def _conv_classifier(tail_nodes, tail_inits, out_shape, batch) -> onnx.ModelProto:
     """Conv + GlobalAveragePool + 1x1 Conv to [b, K, 1, 1] ('s'), then the given tail."""
