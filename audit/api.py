@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from audit import __version__
-from audit.data import Dataset, Preprocess
+from audit.data import Dataset, Preprocess, data_for
 from audit.graphs.io import had_external_data, save_model, sha256_file
 from audit.graphs.model import AuditModel
 from audit.launder import LaunderConfig, LaunderResult, launder_model
@@ -25,7 +25,6 @@ from audit.paths import (
 )
 from audit.progress import Bars
 from audit.report import SCHEMA_VERSION, write_json, write_recovery_pngs
-from audit.session import data_for
 from audit.settings import DetectConfig
 
 

@@ -816,3 +816,11 @@ def stratified_subset(ds: Dataset, n: int, seed: int = 0) -> Dataset:
     quotas = _class_quotas(counts, int(n), rng)
     chosen = [rng.permutation(np.flatnonzero(ds.y == c))[:q] for c, q in zip(classes, quotas)]
     return ds.subset(np.sort(np.concatenate(chosen)))
+
+
+def data_for(am, path: str | os.PathLike, *, limit: int | None = None, check_labels: bool = True) -> Dataset:
+    """The data set at path in the geometry of model am (an AuditModel), its labels checked
+    against the model's classes unless check_labels is False."""
+    info = am.info
+    return load_dataset(path, channels=info.channels, height=info.height, width=info.width,
+                        num_classes=info.num_classes if check_labels else None, limit=limit)

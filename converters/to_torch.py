@@ -254,10 +254,6 @@ def torch_logits(tm: TorchModel, x: np.ndarray, batch_size: int = 256) -> np.nda
     return np.concatenate(outs)
 
 
-def parity(tm: TorchModel, x: np.ndarray) -> float:
-    return parity_with_scale(tm, x)[0]
-
-
 def parity_with_scale(tm: TorchModel, x: np.ndarray) -> tuple[float, float]:
     """(max |ORT - torch|, max |ORT logit|) on x."""
     a = ort_logits(tm, x)

@@ -16,8 +16,8 @@ from audit.cli import data_options, emit_json, preflight, preprocess_from
 @data_options
 def evaluate(model, data, limit, as_json, device, **kw):
     """Print MODEL's accuracy on --data."""
+    from audit.data import data_for
     from audit.graphs.model import AuditModel
-    from audit.session import data_for
 
     preflight(device, models=[model], data=[data], files=[kw["input_spec"]])
     pp = preprocess_from(kw)

@@ -17,9 +17,9 @@ from audit.errors import AuditError, ConversionError
 def inspect(model, data, limit, as_json, device, **kw):
     """Describe MODEL: layout, classes, output kind, probe layers, convertibility."""
     from audit.converters.to_torch import to_torch
+    from audit.data import data_for
     from audit.graphs.model import AuditModel
     from audit.graphs.probe import find_probe_layers
-    from audit.session import data_for
 
     preflight(device, models=[model], data=[data] if data else [], files=[kw["input_spec"]])
     pp = preprocess_from(kw)
