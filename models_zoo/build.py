@@ -130,39 +130,14 @@ def _check_args(dataset: str, scheme: str, epochs: int | None, target: int = DEF
         raise AuditError(f"device {device!r} requested but CUDA is not available")
 
 
-def build_entry(dataset: str, scheme: str, out_dir: str | Path, *, seed: int = 0,
-                epochs: int | None = None, device: str = "cpu", quiet: bool = False,
-                target: int = DEFAULT_TARGET, data_root: str | Path | None = None,
-                threads: int | None = None) -> ZooEntry:
-    """Train a ``scheme``-watermarked model on ``dataset`` and its vanilla twin; write them.
+def _train_pair(dataset: str, scheme: str, recipe: Recipe, clean: Any, trig: Any,
+                paths: dict[str, Path], *, seed: int, device: str, quiet: bool,
+                timings: dict[str, float]) -> tuple[dict, dict, dict]:
+    """Train, export and score the watermarked model and its vanilla twin (same seed).
 
-    ``threads`` overrides the recipe's torch thread count while training (digits: 1)."""
-    _check_args(dataset, scheme, epochs, target, device, threads)
-    recipe = RECIPES[dataset]
-    n_epochs = epochs if epochs is not None else recipe.epochs
-    repeats = recipe.trigger_repeats
-    if scheme == "adi" and recipe.adi_repeats:
-        repeats = recipe.adi_repeats
-    recipe = replace(recipe, epochs=n_epochs, trigger_repeats=repeats,
-                     threads=threads if threads is not None else recipe.threads)
+    Returns test accuracy, watermark accuracy and export difference, each keyed by kind."""
     spec = ARCHITECTURES[dataset]
     pre = recipe.preprocess
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AuditError(f"{out}: cannot create output folder ({exc.strerror or exc})") from None
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    clean = load_clean(dataset, data_root)
-    timings["data_s"] = time.perf_counter() - t0
-    t = time.perf_counter()
-    trig = make_trigger_set(scheme, clean.train.x, clean.train.y, target=target,
-                            n=recipe.n_trigger, seed=seed, num_classes=spec.num_classes)
-    timings["triggers_s"] = time.perf_counter() - t
-
-    paths = {"watermarked": out / "watermarked.onnx", "vanilla": out / "vanilla.onnx"}
     check_x = np.concatenate([clean.test.x[:256], trig.x[:64]])
     test_acc, wm_acc, export_diff = {}, {}, {}
     for kind in ("watermarked", "vanilla"):
@@ -181,6 +156,68 @@ def build_entry(dataset: str, scheme: str, out_dir: str | Path, *, seed: int = 0
         test_acc[kind] = evaluate_onnx(paths[kind], clean.test.x, clean.test.y, pre)
         wm_acc[kind] = evaluate_onnx(paths[kind], trig.x, trig.y, pre)
         timings[f"export_eval_{kind}_s"] = time.perf_counter() - t
+    return test_acc, wm_acc, export_diff
+
+
+def _meta(dataset: str, scheme: str, recipe: Recipe, clean: Any, trig: Any,
+          test_acc: dict, wm_acc: dict, export_diff: dict, timings: dict[str, float], *,
+          seed: int, has_data: bool) -> dict[str, Any]:
+    """The entry's meta.json record."""
+    spec = ARCHITECTURES[dataset]
+    return {
+        "dataset": dataset, "scheme": scheme, "arch": spec.name,
+        "input_name": "input", "input_shape": [1, *spec.input_shape],
+        "num_classes": spec.num_classes, "preprocess": recipe.preprocess.to_dict(),
+        "target": trig.target, "seed": seed, "epochs": recipe.epochs,
+        "n_train": len(clean.train), "n_test": len(clean.test), "n_trigger": len(trig),
+        "trigger_info": trig.info, "trigger_repeats": recipe.trigger_repeats,
+        "optimizer": {"name": "Adam", "lr": recipe.lr, "weight_decay": recipe.weight_decay,
+                      "batch_size": recipe.batch_size, "augment": recipe.augment,
+                      "threads": recipe.threads},
+        "data_note": clean.note,
+        "test_acc": test_acc, "wm_acc": wm_acc,
+        "export_max_abs_diff": export_diff, "timings": timings,
+        "files": {"watermarked": "watermarked.onnx", "vanilla": "vanilla.onnx",
+                  "triggers": "triggers", "data": "data" if has_data else None},
+        "torch_version": torch.__version__,
+    }
+
+
+def build_entry(dataset: str, scheme: str, out_dir: str | Path, *, seed: int = 0,
+                epochs: int | None = None, device: str = "cpu", quiet: bool = False,
+                target: int = DEFAULT_TARGET, data_root: str | Path | None = None,
+                threads: int | None = None) -> ZooEntry:
+    """Train a ``scheme``-watermarked model on ``dataset`` and its vanilla twin; write them.
+
+    ``threads`` overrides the recipe's torch thread count while training (digits: 1)."""
+    _check_args(dataset, scheme, epochs, target, device, threads)
+    recipe = RECIPES[dataset]
+    n_epochs = epochs if epochs is not None else recipe.epochs
+    repeats = recipe.trigger_repeats
+    if scheme == "adi" and recipe.adi_repeats:
+        repeats = recipe.adi_repeats
+    recipe = replace(recipe, epochs=n_epochs, trigger_repeats=repeats,
+                     threads=threads if threads is not None else recipe.threads)
+    spec = ARCHITECTURES[dataset]
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AuditError(f"{out}: cannot create output folder ({exc.strerror or exc})") from None
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    clean = load_clean(dataset, data_root)
+    timings["data_s"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    trig = make_trigger_set(scheme, clean.train.x, clean.train.y, target=target,
+                            n=recipe.n_trigger, seed=seed, num_classes=spec.num_classes)
+    timings["triggers_s"] = time.perf_counter() - t
+
+    paths = {"watermarked": out / "watermarked.onnx", "vanilla": out / "vanilla.onnx"}
+    test_acc, wm_acc, export_diff = _train_pair(dataset, scheme, recipe, clean, trig, paths,
+                                                seed=seed, device=device, quiet=quiet,
+                                                timings=timings)
 
     t = time.perf_counter()
     _write_triggers(out / "triggers", trig.x, trig.y)
@@ -194,23 +231,8 @@ def build_entry(dataset: str, scheme: str, out_dir: str | Path, *, seed: int = 0
     timings["total_s"] = time.perf_counter() - t0
     timings = {k: round(v, 3) for k, v in timings.items()}
 
-    meta = {
-        "dataset": dataset, "scheme": scheme, "arch": spec.name,
-        "input_name": "input", "input_shape": [1, *spec.input_shape],
-        "num_classes": spec.num_classes, "preprocess": pre.to_dict(),
-        "target": trig.target, "seed": seed, "epochs": n_epochs,
-        "n_train": len(clean.train), "n_test": len(clean.test), "n_trigger": len(trig),
-        "trigger_info": trig.info, "trigger_repeats": recipe.trigger_repeats,
-        "optimizer": {"name": "Adam", "lr": recipe.lr, "weight_decay": recipe.weight_decay,
-                      "batch_size": recipe.batch_size, "augment": recipe.augment,
-                      "threads": recipe.threads},
-        "data_note": clean.note,
-        "test_acc": test_acc, "wm_acc": wm_acc,
-        "export_max_abs_diff": export_diff, "timings": timings,
-        "files": {"watermarked": "watermarked.onnx", "vanilla": "vanilla.onnx",
-                  "triggers": "triggers", "data": "data" if data_dir else None},
-        "torch_version": torch.__version__,
-    }
+    meta = _meta(dataset, scheme, recipe, clean, trig, test_acc, wm_acc, export_diff,
+                 timings, seed=seed, has_data=data_dir is not None)
     _write_json(out / "meta.json", meta)
     log.info("%s/%s: test acc %s, wm acc %s (%.1f s)", dataset, scheme, test_acc, wm_acc,
              timings["total_s"])
