@@ -1,7 +1,7 @@
 """Write docs/results.md from bench/results/*.json: every table with the command that regenerates it.
 
-Also regenerates two generated blocks of README.md: the exporter coverage table (from
-bench/results/exporters.json) and the list of supported ONNX ops (from
+Also regenerates two generated blocks: README.md's exporter coverage table (from
+bench/results/exporters.json) and docs/formats.md's list of supported ONNX ops (from
 audit.converters.registry). The output depends only on those sources, so running it twice gives
 the same bytes.
 
@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 OUT = REPO / "docs" / "results.md"
 README = REPO / "README.md"
+FORMATS = REPO / "docs" / "formats.md"
 
 
 def load(name: str) -> dict | None:
@@ -263,11 +264,11 @@ def supported_ops() -> str:
     return support_markdown()
 
 
-def replace_block(text: str, name: str, body: str) -> str:
+def replace_block(text: str, name: str, body: str, where: str = "README.md") -> str:
     begin, end = f"<!-- {name}:begin (bench/results_doc.py) -->", f"<!-- {name}:end -->"
     i, j = text.find(begin), text.find(end)
     if i < 0 or j < i:
-        raise SystemExit(f"README.md has no {begin} ... {end} block")
+        raise SystemExit(f"{where} has no {begin} ... {end} block")
     return text[:i + len(begin)] + "\n" + body.rstrip() + "\n" + text[j:]
 
 
@@ -276,7 +277,11 @@ def render_readme() -> str:
     d = load("exporters.json")
     if d:
         text = replace_block(text, "exporters", exporter_coverage(d))
-    return replace_block(text, "ops", supported_ops())
+    return text
+
+
+def render_formats() -> str:
+    return replace_block(FORMATS.read_text(), "ops", supported_ops(), "docs/formats.md")
 
 
 def render() -> str:
@@ -310,7 +315,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if docs/results.md is stale")
     args = ap.parse_args()
-    outputs = {OUT: render(), README: render_readme()}
+    outputs = {OUT: render(), README: render_readme(), FORMATS: render_formats()}
     if args.check:
         stale = [p.relative_to(REPO) for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
         print("stale: " + ", ".join(map(str, stale)) if stale else "generated files are up to date")
