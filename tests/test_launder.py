@@ -30,8 +30,6 @@ from audit.graphs.model import AuditModel
 
 PP = Preprocess()                      # the digits zoo models take u8/255
 SUBSET = 150
-# the always-on CLI launder: defaults except fewer rounds / NC epochs (the test budget)
-MAIN_ARGS = ["--rounds", "2", "--nc-epochs", "20", "--seed", "0", "--device", "cpu", "--quiet"]
 QUICK_ARGS = ["--rounds", "1", "--nc-epochs", "5", "--epochs", "5", "--seed", "0", "--device", "cpu",
               "--quiet"]
 
@@ -68,7 +66,7 @@ def assert_one_error_line(rc: int, err: str, *expect: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# fixtures: one zoo build and one CLI launder per module
+# fixtures: the zoo entry and the CLI launder are conftest's, shared by the test run
 
 
 @pytest.fixture(scope="module")
@@ -82,31 +80,20 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory, one_thread, digits_content) -> dict:
-    root = tmp_path_factory.mktemp("launder_zoo")
+def zoo(tmp_path_factory, one_thread, digits_content, digits_content_subset) -> dict:
     entry = digits_content
     geo = dict(channels=1, height=16, width=16)
-    train = load_dataset(entry.data_dir / "train.npz", **geo)
-    sub = stratified_subset(train, SUBSET, seed=0)
-    work = root / "work"
+    work = tmp_path_factory.mktemp("launder_zoo") / "work"
     work.mkdir()
     return {"entry": entry, "work": work,
-            "subset": write_npz(work / "subset150.npz", sub.x, sub.y), "subset_ds": sub,
+            "subset": digits_content_subset["path"], "subset_ds": digits_content_subset["ds"],
             "test": load_dataset(entry.data_dir / "test.npz", **geo),
             "triggers": load_dataset(entry.triggers, **geo)}
 
 
 @pytest.fixture(scope="module")
-def laundered(zoo) -> dict:
-    e, work = zoo["entry"], zoo["work"]
-    out, rep = work / "laundered.onnx", work / "report"
-    before = sha256(e.watermarked)
-    t = time.perf_counter()
-    rc = run(["launder", str(e.watermarked), "--data", str(zoo["subset"]), "-o", str(out),
-              "--report", str(rep), *MAIN_ARGS])
-    seconds = time.perf_counter() - t
-    return {"rc": rc, "out": out, "report_dir": rep, "seconds": seconds, "input_sha_before": before,
-            "report": json.loads((rep / "report.json").read_text()) if rc == 0 else None}
+def laundered(digits_content_laundered) -> dict:
+    return digits_content_laundered
 
 
 # ------------------------------------------------------------------------------------------
@@ -496,14 +483,13 @@ MAX_OOD_TEST_DROP = 0.04
 
 
 @pytest.mark.parametrize("scheme", sorted(OOD_SCHEMES))
-def test_launder_removes_out_of_distribution_watermarks(scheme, tmp_path, one_thread):
+def test_launder_removes_out_of_distribution_watermarks(scheme, digits_zoo, one_thread):
     from dataclasses import replace
 
     from audit.launder import LaunderConfig, launder_model
-    from audit.models_zoo.build import build_entry
     from audit.verify import verify_predictions
 
-    e = build_entry("digits", scheme, tmp_path / scheme, seed=0, quiet=True)
+    e = digits_zoo(scheme)
     geo = dict(channels=1, height=16, width=16)
     pp = Preprocess(**e.meta["preprocess"])
     train = load_dataset(e.data_dir / "train.npz", **geo)

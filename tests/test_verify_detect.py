@@ -1,11 +1,11 @@
 """`audit verify` and `audit detect`: ownership proofs and backdoor detection.
 
 Always-on part: one Zhang-content watermarked digits CNN and its vanilla twin, built once per
-test run by the zoo (conftest's ``digits_content``, default recipe), and one laundered
-copy made by `audit launder` from a 150-image stratified subset of the zoo's data/train.npz
-(1 round, 20 NC epochs: the test budget -- on this model round 2 only confirms that
-nothing is left; the default-settings numbers for all four schemes are
-in bench/verify_zoo.py). Checked through the CLI (in process): verify exit codes, JSON fields,
+test run by the zoo (conftest's ``digits_content``, default recipe), and the laundered copy
+conftest's ``digits_content_laundered`` makes once per test run with `audit launder` from a
+150-image stratified subset of the zoo's data/train.npz (2 rounds, 20 NC epochs: the test
+budget; the default-settings numbers for all four schemes are in bench/verify_zoo.py).
+Checked through the CLI (in process): verify exit codes, JSON fields,
 p-values against an independent scipy computation, --null-rate, detect on the watermarked model
 (target flagged, exit 1) and on the vanilla twin (nothing flagged, exit 0), bad inputs (exit 2,
 one `error:` line). Unit tests of verify_predictions and anomaly_index use hand-made numbers.
@@ -27,14 +27,12 @@ import pytest
 from scipy.stats import binomtest
 
 from audit.cli import run
-from audit.data import Preprocess, load_dataset, stratified_subset
+from audit.data import Preprocess, load_dataset
 from audit.nc import ANOMALY_THRESHOLD, MAD_CONSTANT, anomaly_index
 from audit.verify import effective_null_rate, verify_predictions
 
 PP = Preprocess()                       # the digits zoo models take u8/255
 GEO = dict(channels=1, height=16, width=16)
-SUBSET = 150
-LAUNDER_ARGS = ["--rounds", "1", "--nc-epochs", "20", "--seed", "0", "--device", "cpu", "--quiet"]
 VERIFY_KEYS = {"n", "hits", "watermark_accuracy", "vanilla_rate", "p_value", "demonstrated",
                "confusion"}
 
@@ -85,7 +83,7 @@ def tiny_onnx(path: Path, shape: tuple[int, int, int], classes: int) -> Path:
 
 
 # ------------------------------------------------------------------------------------------
-# fixtures: one zoo build and one CLI launder per module
+# fixtures: the zoo entry and the CLI launder are conftest's, shared by the test run
 
 
 @pytest.fixture(scope="module")
@@ -99,26 +97,17 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory, one_thread, digits_content) -> dict:
-    root = tmp_path_factory.mktemp("verify_zoo")
-    entry = digits_content
-    train = load_dataset(entry.data_dir / "train.npz", **GEO)
-    sub = stratified_subset(train, SUBSET, seed=0)
-    work = root / "work"
+def zoo(tmp_path_factory, one_thread, digits_content, digits_content_subset) -> dict:
+    work = tmp_path_factory.mktemp("verify_zoo") / "work"
     work.mkdir()
-    subset = work / "subset150.npz"
-    np.savez(subset, x=np.round(sub.x[:, 0] * 255).astype(np.uint8), y=sub.y)
-    return {"entry": entry, "work": work, "subset": subset,
-            "triggers": load_dataset(entry.triggers, **GEO)}
+    return {"entry": digits_content, "work": work, "subset": digits_content_subset["path"],
+            "triggers": load_dataset(digits_content.triggers, **GEO)}
 
 
 @pytest.fixture(scope="module")
-def laundered(zoo) -> Path:
-    out = zoo["work"] / "laundered.onnx"
-    rc = run(["launder", str(zoo["entry"].watermarked), "--data", str(zoo["subset"]),
-              "-o", str(out), *LAUNDER_ARGS])
-    assert rc == 0 and out.is_file()
-    return out
+def laundered(digits_content_laundered) -> Path:
+    assert digits_content_laundered["rc"] == 0 and digits_content_laundered["out"].is_file()
+    return digits_content_laundered["out"]
 
 
 @pytest.fixture(scope="module")
@@ -256,12 +245,25 @@ def test_verify_laundered_not_demonstrated(zoo, laundered, capsys):
 # audit detect
 
 
-def test_detect_flags_the_content_target(zoo, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def detected(zoo, tmp_path_factory) -> dict:
+    """`audit detect --json --report DIR` on the watermarked model (default settings), run once."""
+    import contextlib
+    import io
+
     e = zoo["entry"]
-    rep = tmp_path / "detect"
-    rc, d, err = cli_json(capsys, "detect", e.watermarked, "--data", e.data_dir / "test.npz",
-                          "--report", rep, "--device", "cpu", "--quiet")
-    assert rc == 1, err
+    rep = tmp_path_factory.mktemp("detect") / "report"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = run(["detect", str(e.watermarked), "--data", str(e.data_dir / "test.npz"), "--json",
+                  "--report", str(rep), "--device", "cpu", "--quiet"])
+    return {"rc": rc, "json": json.loads(buf.getvalue()) if buf.getvalue() else None,
+            "report_dir": rep}
+
+
+def test_detect_flags_the_content_target(zoo, detected):
+    e, d, rep = zoo["entry"], detected["json"], detected["report_dir"]
+    assert detected["rc"] == 1, d
     assert d["suspected"] is True and e.meta["target"] in d["flagged"]
     assert d["anomaly_index"][e.meta["target"]] > ANOMALY_THRESHOLD
     assert d["most_likely_infected"] == e.meta["target"]
@@ -272,17 +274,23 @@ def test_detect_flags_the_content_target(zoo, tmp_path, capsys):
     assert (rep / f"mask_{e.meta['target']}.png").is_file()
 
 
-def test_detect_l1_scale_scores_the_same_recovery(zoo, capsys):
-    """--anomaly-scale l1 (Neural Cleanse's index on the norms themselves) flags the target
-    too; the JSON says which scale was used and always carries the L1 index."""
-    e = zoo["entry"]
-    rc, d, err = cli_json(capsys, "detect", e.watermarked, "--data", e.data_dir / "test.npz",
-                          "--anomaly-scale", "l1", "--device", "cpu", "--quiet")
-    assert rc == 1, err
-    assert d["anomaly_scale"] == "l1" and d["flagged"][0] == e.meta["target"]
+def test_detect_l1_scale_scores_the_same_recovery(zoo, detected, capsys):
+    """Neural Cleanse's index on the norms themselves (always in the JSON as
+    ``anomaly_index_l1``) flags the target too; with `--anomaly-scale l1` the JSON says so and
+    its ``anomaly_index`` is that index."""
+    e, d = zoo["entry"], detected["json"]
     norms = np.asarray(d["norms"])
-    np.testing.assert_allclose(d["anomaly_index"], anomaly_index(norms)[0], rtol=1e-9)
-    np.testing.assert_allclose(d["anomaly_index_l1"], d["anomaly_index"], rtol=1e-9)
+    idx_l1, flagged_l1 = anomaly_index(norms)
+    np.testing.assert_allclose(d["anomaly_index_l1"], idx_l1, rtol=1e-9)
+    assert flagged_l1[0] == e.meta["target"], idx_l1
+    rc, d1, err = cli_json(capsys, "detect", e.watermarked, "--data", e.data_dir / "test.npz",
+                           "--anomaly-scale", "l1", "--nc-epochs", "2", "--max-images", "200",
+                           "--device", "cpu", "--quiet")
+    assert rc in (0, 1), err
+    assert d1["anomaly_scale"] == "l1" and d["anomaly_scale"] == "log"
+    np.testing.assert_allclose(d1["anomaly_index"], anomaly_index(np.asarray(d1["norms"]))[0],
+                               rtol=1e-9)
+    np.testing.assert_allclose(d1["anomaly_index_l1"], d1["anomaly_index"], rtol=1e-9)
 
 
 def test_detect_vanilla_twin(zoo, capsys):

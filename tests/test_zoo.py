@@ -35,10 +35,8 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    return {s: build_entry("digits", s, root / s, seed=0, quiet=True)
-            for s in ("content", "noise")}
+def built(digits_zoo):
+    return {s: digits_zoo(s) for s in ("content", "noise")}
 
 
 def _is_u8(x: np.ndarray) -> bool:
