@@ -32,6 +32,7 @@ from audit.reset import (
     ResetMask,
     Threshold,
     choose_layers,
+    not_resettable,
     reestimate_batchnorm,
     reset_batchnorm_stats,
     reset_units,
@@ -81,10 +82,13 @@ class LaunderResult:
     seconds: float
     output: Path | None = None
     recoveries: list[Recovery] = field(default_factory=list, repr=False)
+    # hidden probe layers the reset cannot reach in the torch mirror: name -> why
+    not_resettable: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"rounds": [asdict(r) for r in self.rounds], "best_round": self.best_round,
                 "stop_reason": self.stop_reason, "original_least_likely": self.original_least_likely,
+                "not_resettable": self.not_resettable,
                 "subset_accuracy_before": self.subset_accuracy_before,
                 "subset_accuracy_after": self.subset_accuracy_after, "seconds": self.seconds,
                 "output": str(self.output) if self.output else None}
@@ -272,7 +276,10 @@ class Launderer:
         self.tm = to_torch(am, self.x_check, device=self.device)
         self.forward = make_forward(self.tm, preprocess)
         self.layers = find_probe_layers(self.tm.graph, am.original)
-        self.targets = choose_layers(self.layers, config.layers)
+        self.not_resettable = not_resettable(self.tm, self.layers)
+        for name, why in self.not_resettable.items():
+            log.info("layer %s is not reset: %s", name, why)
+        self.targets = choose_layers(self.layers, config.layers, self.not_resettable)
         self.acc_before = am.accuracy(subset.x, subset.y, preprocess)
         self.teacher = self._teacher() if config.retrain.distill > 0 else None
         self.tm.module.eval()
@@ -483,7 +490,8 @@ class Launderer:
             original_least_likely=int(st.least_likely if st.least_likely is not None else -1),
             subset_accuracy_before=self.acc_before,
             subset_accuracy_after=out.accuracy(self.subset.x, self.subset.y, self.preprocess),
-            seconds=time.perf_counter() - self.t_start, recoveries=st.recoveries)
+            seconds=time.perf_counter() - self.t_start, recoveries=st.recoveries,
+            not_resettable=self.not_resettable)
 
 
 def launder_model(am: AuditModel, subset: Dataset, preprocess: Preprocess,

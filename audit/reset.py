@@ -54,13 +54,16 @@ class Threshold:
         return f"{self.kind}:{self.value:g}"
 
 
-def choose_layers(layers: list[ProbeLayer], spec: str) -> list[ProbeLayer]:
-    """all | second-half | comma-separated node names; the output layer is never chosen."""
+def choose_layers(layers: list[ProbeLayer], spec: str, not_resettable: dict[str, str] | None = None
+                  ) -> list[ProbeLayer]:
+    """all | second-half | comma-separated node names; the output layer is never chosen, nor a
+    layer of not_resettable (name -> why): `all` and `second-half` leave such layers out, a
+    name given is an error."""
+    skip = not_resettable or {}
     hidden = [layer for layer in layers if not layer.is_output]
-    if spec == "all":
-        return hidden
-    if spec == "second-half":
-        return hidden[len(hidden) // 2:]
+    if spec in ("all", "second-half"):
+        chosen = hidden if spec == "all" else hidden[len(hidden) // 2:]
+        return [layer for layer in chosen if layer.name not in skip]
     names = [n.strip() for n in spec.split(",") if n.strip()]
     by_name = {layer.name: layer for layer in layers}
     unknown = [n for n in names if n not in by_name]
@@ -69,7 +72,40 @@ def choose_layers(layers: list[ProbeLayer], spec: str) -> list[ProbeLayer]:
                          + ", ".join(layer.name for layer in hidden))
     if any(by_name[n].is_output for n in names):
         raise AuditError("--layers: the output layer is never reset")
+    bad = [n for n in names if n in skip]
+    if bad:
+        raise AuditError(f"--layers: layer {bad[0]!r} cannot be reset: {skip[bad[0]]}")
     return [by_name[n] for n in names]
+
+
+def reset_module(tm, layer: ProbeLayer) -> tuple[nn.Module | None, str | None]:
+    """The trainable nn.Conv*/nn.Linear that holds layer's weights, one row per unit, and whose
+    weight is written back to the ONNX graph; or None and why the layer cannot be reset."""
+    path = tm.node_modules.get(layer.name)
+    if path is None:
+        return None, "the torch mirror has no module for its node"
+    mod = tm.layer_module(layer.name)
+    if mod is None:
+        kind = type(tm.module.get_submodule(path)).__name__
+        return None, (f"onnx2torch converted the {layer.op} node to {kind}, which holds its weight "
+                      "as a constant, not as a trainable parameter")
+    bound = {id(getattr(tm.module.get_submodule(b.module), b.attr)) for b in tm.bindings}
+    if id(mod.weight) not in bound or (mod.bias is not None and id(mod.bias) not in bound):
+        return None, "its torch parameters are not written back to the ONNX graph"
+    if mod.weight.shape[0] != layer.units:
+        return None, f"its torch weight has {mod.weight.shape[0]} rows for {layer.units} units"
+    return mod, None
+
+
+def not_resettable(tm, layers: list[ProbeLayer]) -> dict[str, str]:
+    """Hidden layers (name -> why) whose units the reset cannot reach in the torch mirror."""
+    out = {}
+    for layer in layers:
+        if not layer.is_output:
+            why = reset_module(tm, layer)[1]
+            if why:
+                out[layer.name] = why
+    return out
 
 
 class ResetMask:
@@ -96,9 +132,9 @@ class ResetMask:
 
 def reset_units(tm, layer: ProbeLayer, units: np.ndarray, keep: ResetMask) -> None:
     """Zero (or set to the layer's median weight) the incoming weights and bias of units."""
-    mod = tm.layer_module(layer.name)
+    mod, why = reset_module(tm, layer)
     if mod is None:
-        raise AuditError(f"layer {layer.name!r} has no trainable torch module to reset")
+        raise AuditError(f"layer {layer.name!r} cannot be reset: {why}")
     value = float(mod.weight.detach().median()) if layer.activation in NONZERO_AT_ZERO else 0.0
     keep.add(mod.weight, units, value)
     if mod.bias is not None:
@@ -122,7 +158,7 @@ def shrink_weights(tm, layers: list[ProbeLayer], factor: float) -> int:
     """
     seen: set[int] = set()
     for layer in layers:
-        mod = tm.layer_module(layer.name)
+        mod = reset_module(tm, layer)[0]
         if mod is None:
             continue
         bn = following_batchnorm(tm, layer)

@@ -412,10 +412,15 @@ def fuse_matmul_add(model: onnx.ModelProto, ctx: PassContext):
 
 
 def gemm_bias(model: onnx.ModelProto, ctx: PassContext):
-    """Give a dense Gemm its per-unit bias as onnx2torch's nn.Linear wants it (jax2onnx writes
-    Gemm(beta=0, C=scalar 0) followed by Add of a [1, N] bias):
+    """Make a dense Gemm one that onnx2torch converts to a trainable nn.Linear (its converter
+    keeps any other Gemm as a functional op whose weight is a constant): no transA, and a C that
+    is absent or a per-unit [N] initializer. jax2onnx writes Gemm(beta=0, C=scalar 0) followed
+    by Add of a [1, N] bias; other exporters a C of shape [1, N] or a C computed in the graph.
+    - transA=1 becomes a Transpose of A;
     - a C that beta=0 cancels is dropped;
     - a C of one value (scalar, [1], [1,1]) becomes an Add after the Gemm;
+    - a C initializer of shape [1, N] becomes an [N] one (written back as [1, N]);
+    - a C computed in the graph becomes an Add after the Gemm (of C times beta);
     - an Add of a per-unit initializer ([N] or [1, N]) right after a Gemm without C becomes its C.
     """
     if not any(n.op_type == "Gemm" for n in model.graph.node):
@@ -429,19 +434,37 @@ def gemm_bias(model: onnx.ModelProto, ctx: PassContext):
         if g.op_type != "Gemm" or len(g.input) < 2 or g.input[1] not in inits:
             continue
         units = inits[g.input[1]].shape[0 if attr(g, "transB", 0) else 1]
+        if attr(g, "transA", 0):
+            at = _unique(m, g.input[0] + "_t")
+            m.graph.node.insert(list(m.graph.node).index(g), helper.make_node(
+                "Transpose", [g.input[0]], [at], name=_unique(m, g.name + "_transpose_a"), perm=[1, 0]))
+            g.input[0] = at
+            set_attr(g, "transA", 0)
+            modified = True
         has_c = len(g.input) > 2 and bool(g.input[2])
-        if has_c and g.input[2] in inits and attr(g, "beta", 1.0) == 0.0:
+        beta = attr(g, "beta", 1.0)
+        if has_c and g.input[2] in inits and beta == 0.0:
             del g.input[2:]
             has_c, modified = False, True
         elif has_c and g.input[2] in inits and inits[g.input[2]].size == 1 and units > 1:
-            c = inits[g.input[2]].astype(np.float32).reshape(()) * np.float32(attr(g, "beta", 1.0))
+            c = inits[g.input[2]].astype(np.float32).reshape(()) * np.float32(beta)
             value = _unique(m, g.name + "_c")
             m.graph.initializer.append(numpy_helper.from_array(np.asarray(c, np.float32), value))
-            out = g.output[0]
-            g.output[0] = _unique(m, out + "_gemm")
-            del g.input[2:]
-            m.graph.node.insert(list(m.graph.node).index(g) + 1, helper.make_node(
-                "Add", [g.output[0], value], [out], name=_unique(m, g.name + "_add_c")))
+            _add_c_after(m, g, value)
+            has_c, modified = False, True
+        elif has_c and g.input[2] in inits and inits[g.input[2]].shape == (1, units):
+            g.input[2] = _bias_initializer(m, ctx, g.name, g.input[2], inits[g.input[2]])
+            modified = True
+        elif has_c and g.input[2] not in inits:
+            c = g.input[2]
+            if beta != 1.0:
+                scale = _unique(m, g.name + "_beta")
+                m.graph.initializer.append(numpy_helper.from_array(np.array(beta, np.float32), scale))
+                c = _unique(m, g.input[2] + "_scaled")
+                m.graph.node.insert(list(m.graph.node).index(g), helper.make_node(
+                    "Mul", [g.input[2], scale], [c], name=_unique(m, g.name + "_scale_c")))
+            _add_c_after(m, g, c)
+            set_attr(g, "beta", 1.0)
             has_c, modified = False, True
         found = None if has_c or g.output[0] in graph_outputs else _add_after(cons, g.output[0], inits)
         if found is None:
@@ -461,19 +484,60 @@ def gemm_bias(model: onnx.ModelProto, ctx: PassContext):
     return model, False
 
 
+def _add_c_after(m: onnx.ModelProto, g: onnx.NodeProto, c: str) -> None:
+    """Gemm g without its C, followed by an Add of tensor c that writes g's output; in place."""
+    out = g.output[0]
+    g.output[0] = _unique(m, out + "_gemm")
+    del g.input[2:]
+    m.graph.node.insert(list(m.graph.node).index(g) + 1, helper.make_node(
+        "Add", [g.output[0], c], [out], name=_unique(m, g.name + "_add_c")))
+
+
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    return {name: len(dims) for name, dims in _static_shapes(model).items()}
+    """Tensor name -> rank. Up to Reshape-13, onnx infers no output shape for a Reshape to a
+    target computed in the graph (tf2onnx flattens so: Shape, Slice, Concat); its rank is the
+    target's length, given to shape inference so the tensors after it get theirs too."""
+    inferred = _inferred(model)
+    shapes = _shapes_of(inferred)
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in
+            list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)}
+    hints = []
+    for n in model.graph.node:
+        target = shapes.get(n.input[1]) if n.op_type == "Reshape" and len(n.input) > 1 else None
+        if (target is None or n.output[0] in shapes or len(target) != 1 or not isinstance(target[0], int)
+                or not elem.get(n.input[0])):
+            continue
+        hints.append(helper.make_tensor_value_info(n.output[0], elem[n.input[0]], [None] * target[0]))
+    if hints:
+        hinted = copy_model(model)
+        named = {vi.name for vi in hints}
+        keep = [vi for vi in hinted.graph.value_info if vi.name not in named]
+        del hinted.graph.value_info[:]
+        hinted.graph.value_info.extend(keep + hints)
+        try:
+            shapes = {**shapes, **_shapes_of(onnx.shape_inference.infer_shapes(hinted))}
+        except Exception as exc:
+            log.debug("shape inference with Reshape ranks failed: %s", exc)
+    return {name: len(dims) for name, dims in shapes.items()}
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list]:
     """Tensor name -> dims (ints, symbolic names or None) from shape inference, or from the
     graph's own value infos where inference fails."""
+    return _shapes_of(_inferred(model))
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with onnx's shape inference in its value infos; the model itself where that fails."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        return onnx.shape_inference.infer_shapes(model)
     except Exception:
-        inferred = model
+        return model
+
+
+def _shapes_of(model: onnx.ModelProto) -> dict[str, list]:
     out = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
         t = vi.type.tensor_type
         if t.HasField("shape"):
             out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]

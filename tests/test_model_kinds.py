@@ -8,6 +8,9 @@ written back: the written model keeps the user's opset, nodes and outputs, with 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -27,9 +30,15 @@ RNG = np.random.default_rng(0)
 K = 10
 
 
-def weights(name: str, *shape: int, positive: bool = False) -> onnx.TensorProto:
-    v = RNG.standard_normal(shape).astype(np.float32) * 0.3
+def weights(name: str, *shape: int, positive: bool = False, rng: np.random.Generator = RNG) -> onnx.TensorProto:
+    v = rng.standard_normal(shape).astype(np.float32) * 0.3
     return numpy_helper.from_array(np.abs(v) + 0.5 if positive else v, name)
+
+
+def seeded(seed: int):
+    """weights() drawn from a generator of its own: the same values whichever tests ran before."""
+    rng = np.random.default_rng(seed)
+    return lambda name, *shape, positive=False: weights(name, *shape, positive=positive, rng=rng)
 
 
 def make(nodes, inits, *, opset: int, in_shape, out_shape, ir: int = 4, domains=()) -> onnx.ModelProto:
@@ -77,9 +86,10 @@ def inspect(capsys, path, *extra) -> tuple[int, dict]:
     return code, json.loads(out)
 
 
-def launder_once(path, subset, out):
+def launder_once(path, subset, out, **settings):
+    """One short round; settings: other LaunderConfig fields (thresholds)."""
     cfg = LaunderConfig(rounds=1, ood_share=0.1, nc=NCConfig(epochs=2, steps_per_epoch=2),
-                        retrain=RetrainConfig(epochs=2, max_epochs=2, lr=1e-3))
+                        retrain=RetrainConfig(epochs=2, max_epochs=2, lr=1e-3), **settings)
     return launder(str(path), str(subset), str(out), config=cfg, device="cpu")
 
 
@@ -376,3 +386,191 @@ def _head_only(m: onnx.ModelProto) -> onnx.ModelProto:
                                list(m.graph.input), [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)],
                                [t for t in m.graph.initializer if t.name in ("W", "B")])
     return helper.make_model(g, opset_imports=list(m.opset_import), ir_version=m.ir_version)
+
+
+# ---------------------------------------------------------------- Keras models exported by tf2onnx
+KERAS = "functional_1"
+
+
+def tf2onnx_keras_bn_cnn() -> onnx.ModelProto:
+    """The op pattern tf2onnx.convert.from_function writes at opset 13 for a Keras 3 CNN with
+    BatchNormalization on NHWC [N, 8, 8, 1] digits: the NCHW view as a Reshape (one channel);
+    Conv(no bias)+BN folded into one Conv; Conv with bias + BN as Mul/Add of [1, C, 1, 1]
+    constants; Flatten as Transpose + Reshape to a shape computed from Shape, Gather, Cast,
+    Slice and Concat (no rank for onnx's shape inference before Reshape-14); Dense(use_bias=False)
+    + BN as MatMul, Mul, Add; Dense + Softmax as MatMul, Add, Softmax."""
+    w = seeded(1)
+
+    def n(op, ins, out, name, **kw):
+        return helper.make_node(op, ins, [out], name=f"{KERAS}/{name}", **kw)
+
+    def i64(name, *v):
+        return numpy_helper.from_array(np.array(v, np.int64), name)
+
+    def i32(name, *v):
+        return numpy_helper.from_array(np.array(v, np.int32), name)
+
+    nodes = [
+        n("Reshape", ["input", "new_shape__1"], "nchw", "conv2d_1/BiasAdd__1"),
+        helper.make_node("Conv", ["nchw", "merged_input", "bn_sub"], ["c1"], name="Conv__2",
+                         kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1], dilations=[1, 1], group=1),
+        n("Relu", ["c1"], "r1", "activation_1/Relu"),
+        n("MaxPool", ["r1"], "p1", "max_pooling2d_1/MaxPool2d", kernel_shape=[2, 2], strides=[2, 2]),
+        n("Conv", ["p1", "conv2_w", "conv2_b"], "c2", "conv2d_1_2/BiasAdd", kernel_shape=[3, 3],
+          pads=[1, 1, 1, 1]),
+        n("Mul", ["c2", "bn2_mul"], "m2", "batch_normalization_1_1/batchnorm/mul_1"),
+        n("Add", ["m2", "bn2_add"], "a2", "batch_normalization_1_1/batchnorm/add_1"),
+        n("Relu", ["a2"], "r2", "activation_1_1/Relu"),
+        helper.make_node("Transpose", ["r2"], ["nhwc"], name="Transpose__3", perm=[0, 2, 3, 1]),
+        helper.make_node("Shape", ["r2"], ["shape"], name="Shape__4"),
+        helper.make_node("Gather", ["shape", "Const__5"], ["shape_nhwc"], name="Gather__6"),
+        n("Cast", ["shape_nhwc"], "shape32", "flatten_1/Shape__7", to=TensorProto.INT32),
+        n("Slice", ["shape32", "const_axes__8", "const_ends__9", "const_axes__8"], "batch",
+          "flatten_1/strided_slice"),
+        n("Concat", ["batch", "const_fold_opt__10"], "target32", "flatten_1/Reshape/shape_Concat__11", axis=0),
+        n("Cast", ["target32"], "target", "flatten_1/Reshape__12", to=TensorProto.INT64),
+        n("Reshape", ["nhwc", "target"], "flat", "flatten_1/Reshape"),
+        n("MatMul", ["flat", "dense_w"], "d1", "dense_2_1/MatMul"),
+        n("Mul", ["d1", "bn3_mul"], "m3", "batch_normalization_2_1/batchnorm/mul_1"),
+        n("Add", ["m3", "bn3_add"], "a3", "batch_normalization_2_1/batchnorm/add_1"),
+        n("Relu", ["a3"], "r3", "activation_2_1/Relu"),
+        n("MatMul", ["r3", "out_w"], "d2", "dense_3_1/MatMul"),
+        n("Add", ["d2", "out_b"], "logits", "dense_3_1/BiasAdd"),
+        n("Softmax", ["logits"], "Identity:0", "dense_3_1/Softmax", axis=1),
+    ]
+    inits = [i64("new_shape__1", -1, 1, 8, 8), w("merged_input", 8, 1, 3, 3), w("bn_sub", 8),
+             w("conv2_w", 8, 8, 3, 3), w("conv2_b", 8),
+             w("bn2_mul", 1, 8, 1, 1, positive=True),
+             w("bn2_add", 1, 8, 1, 1), i64("Const__5", 0, 2, 3, 1), i64("const_axes__8", 0),
+             i64("const_ends__9", 1), i32("const_fold_opt__10", 4 * 4 * 8), w("dense_w", 4 * 4 * 8, 32),
+             w("bn3_mul", 32, positive=True), w("bn3_add", 32), w("out_w", 32, K),
+             w("out_b", K)]
+    g = helper.make_graph(nodes, "tf2onnx", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 8, 8, 1])],
+                          [helper.make_tensor_value_info("Identity:0", TensorProto.FLOAT, ["N", K])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 2)],
+                          ir_version=7, producer_name="tf2onnx", producer_version="1.17.0")
+    return m
+
+
+def test_tf2onnx_keras_cnn_with_batchnorm(tmp_path, capsys, subset):
+    """Every layer inspect shows is reset in the torch mirror and written back: the dense layer
+    after tf2onnx's computed Flatten (no rank for shape inference) becomes an nn.Linear with its
+    bias, as it does at opset 14 and later."""
+    m = tf2onnx_keras_bn_cnn()
+    src = tmp_path / "model.onnx"
+    onnx.save(m, str(src))
+    code, r = inspect(capsys, src, "--data", str(subset))
+    assert code == 0 and r["convertible"] and r["parity_rel"] <= 1e-4
+    assert r["layout"] == "NHWC" and r["output_kind"] == "probabilities"
+    assert "fuse_matmul_add" in r["rewrites"]     # the output layer's MatMul + Add: one Gemm
+    names = ["Conv__2", f"{KERAS}/conv2d_1_2/BiasAdd", f"{KERAS}/dense_2_1/MatMul", f"{KERAS}/dense_3_1/MatMul"]
+    assert [(p["name"], p["op"], p["units"], p["is_output"]) for p in r["probe_layers"]] == \
+        [(names[0], "Conv", 8, False), (names[1], "Conv", 8, False), (names[2], "MatMul", 32, False),
+         (names[3], "MatMul", K, True)]
+    assert r["not_resettable"] == {}
+    res = launder_once(src, subset, tmp_path / "out.onnx", dense_threshold="top:0.25", conv_threshold="top:0.25")
+    # a quarter of each hidden layer's units, of those whose activation the trigger raises
+    assert res.rounds[0].units_reset == {names[0]: 1, names[1]: 2, names[2]: 8}   # one conv1 unit is dead
+    assert res.not_resettable == {}
+    assert_written_back(src, tmp_path / "out.onnx")
+    # onnxruntime on the written model agrees with the trained torch module
+    assert res.subset_accuracy_after == res.rounds[0].subset_accuracy
+    before, after = tensors(m), tensors(onnx.load(str(tmp_path / "out.onnx")))
+    assert not np.array_equal(before["dense_w"], after["dense_w"]) and after["dense_w"].shape == (128, 32)
+    assert not np.array_equal(before["out_b"], after["out_b"])          # the fused bias went back
+    assert np.array_equal(before["bn3_add"], after["bn3_add"])          # the BN constants stay
+
+
+@pytest.mark.parametrize("form", ["c_1xN", "transA", "computed_c"])
+def test_gemm_forms_onnx2torch_keeps_functional_are_trainable(form, tmp_path, capsys, subset):
+    """onnx2torch converts a Gemm with transA, a 2-D C or a computed C to a functional op whose
+    weight is a constant; normalisation makes each an nn.Linear the reset reaches, and the
+    trained weights go back to the user's initializers in their own shapes."""
+    w = seeded(2)
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["f"], name="flatten")]
+    inits = [numpy_helper.from_array(np.array([-1, 64], np.int64), "flat"), w("W1", 64, 32)]
+    if form == "c_1xN":
+        nodes.append(helper.make_node("Gemm", ["f", "W1", "C1"], ["h"], name="fc1", beta=0.5))
+        inits.append(w("C1", 1, 32))
+    elif form == "transA":
+        nodes += [helper.make_node("Transpose", ["f"], ["ft"], name="t", perm=[1, 0]),
+                  helper.make_node("Gemm", ["ft", "W1", "C1"], ["h"], name="fc1", transA=1)]
+        inits.append(w("C1", 32))
+    else:
+        nodes += [helper.make_node("Mul", ["C0", "two"], ["C1"], name="scale_c"),
+                  helper.make_node("Gemm", ["f", "W1", "C1"], ["h"], name="fc1", beta=0.5)]
+        inits += [w("C0", 32), numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    nodes += [helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+              helper.make_node("Gemm", ["r", "W2", "B2"], ["y"], name="fc2", transB=1)]
+    inits += [w("W2", K, 32), w("B2", K)]
+    m = make(nodes, inits, opset=13, in_shape=["N", 8, 8], out_shape=["N", K], ir=8)
+    src = tmp_path / "model.onnx"
+    onnx.save(m, str(src))
+    code, r = inspect(capsys, src, "--data", str(subset))
+    assert code == 0 and r["convertible"] and r["parity_rel"] <= 1e-4
+    assert "gemm_bias" in r["rewrites"] and r["not_resettable"] == {}
+    assert [(p["op"], p["units"], p["activation"]) for p in r["probe_layers"]] == \
+        [("Gemm", 32, "Relu" if form != "computed_c" else None), ("Gemm", K, None)]
+    res = launder_once(src, subset, tmp_path / "out.onnx", dense_threshold="top:0.25")
+    assert res.rounds[0].units_reset == {"fc1": 8}
+    assert_written_back(src, tmp_path / "out.onnx")
+    assert res.subset_accuracy_after == res.rounds[0].subset_accuracy
+    before, after = tensors(m), tensors(onnx.load(str(tmp_path / "out.onnx")))
+    assert not np.array_equal(before["W1"], after["W1"])
+    if form == "computed_c":
+        assert np.array_equal(before["C0"], after["C0"])   # computed in the graph: not a weight
+    else:
+        assert after["C1"].shape == before["C1"].shape and not np.array_equal(before["C1"], after["C1"])
+
+
+def test_layer_the_mirror_cannot_reset_is_reported_not_reset(tmp_path, capsys, subset):
+    """A probe layer onnx2torch keeps as a functional op (here a MatMul of two initializers, a
+    factorised bias) is not a reset candidate: inspect and the laundering report name it and
+    why; naming it in --layers is one error line."""
+    w = seeded(3)
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu1"),
+             helper.make_node("MatMul", ["U", "V"], ["uv"], name="lowrank_bias"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat", axis=1),
+             helper.make_node("Gemm", ["f", "W1", "B1"], ["h0"], name="fc1", transB=1),
+             helper.make_node("Add", ["h0", "uv"], ["h"], name="add_uv"),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu2"),
+             helper.make_node("Gemm", ["hr", "W2", "B2"], ["y"], name="fc2", transB=1)]
+    inits = [w("W", 8, 1, 3, 3), w("B", 8), w("U", 1, 2), w("V", 2, 16), w("W1", 16, 8 * 8 * 8), w("B1", 16),
+             w("W2", K, 16), w("B2", K)]
+    m = make(nodes, inits, opset=13, in_shape=["N", 1, 8, 8], out_shape=["N", K])
+    src = tmp_path / "model.onnx"
+    onnx.save(m, str(src))
+    code, r = inspect(capsys, src, "--data", str(subset))
+    assert code == 0
+    assert [p["name"] for p in r["probe_layers"]] == ["conv1", "lowrank_bias", "fc1", "fc2"]
+    why = "onnx2torch converted the MatMul node to OnnxMatMul, which holds its weight as a constant"
+    assert list(r["not_resettable"]) == ["lowrank_bias"] and r["not_resettable"]["lowrank_bias"].startswith(why)
+    res = launder_once(src, subset, tmp_path / "out.onnx", dense_threshold="top:0.25", conv_threshold="top:0.25")
+    assert res.rounds[0].units_reset == {"conv1": 2, "fc1": 4}
+    assert list(res.not_resettable) == ["lowrank_bias"]
+    assert_written_back(src, tmp_path / "out.onnx")
+    capsys.readouterr()
+    code = run(["launder", str(src), "--data", str(subset), "-o", str(tmp_path / "o2.onnx"), "--layers",
+                "lowrank_bias", "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: --layers: layer 'lowrank_bias' cannot be reset: "
+                                 f"{r['not_resettable']['lowrank_bias']}"]
+
+
+def test_cli_runs_write_no_library_warning(tmp_path, subset):
+    """inspect and launder (quiet) of the tf2onnx graph write nothing to stderr, with every
+    warning shown (-W default): a library warning, such as torch's on onnx2torch's list
+    indexing in Slice, fails it."""
+    src = tmp_path / "model.onnx"
+    onnx.save(tf2onnx_keras_bn_cnn(), str(src))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-W", "default", "-m", "audit.cli"]
+    runs = [["inspect", str(src), "--data", str(subset)],
+            ["launder", str(src), "--data", str(subset), "-o", str(tmp_path / "out.onnx"), "--rounds", "1",
+             "--epochs", "1", "--nc-epochs", "1", "--lr", "1e-3", "--device", "cpu", "--quiet"]]
+    for args in runs:
+        proc = subprocess.run(cli + args, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == "", proc.stderr
+    assert (tmp_path / "out.onnx").is_file()

@@ -20,6 +20,7 @@ def inspect(model, data, limit, as_json, device, **kw):
     from audit.data import data_for
     from audit.graphs.model import AuditModel
     from audit.graphs.probe import find_probe_layers
+    from audit.reset import not_resettable
 
     preflight(device, models=[model], data=[data] if data else [], files=[kw["input_spec"]])
     pp = preprocess_from(kw)
@@ -34,7 +35,7 @@ def inspect(model, data, limit, as_json, device, **kw):
         "fixed_batch": am.fixed_batch, "rewrites": list(am.ctx.applied),
         "assumptions": list(am.ctx.notes),
         "probe_layers": [layer.to_dict() for layer in layers],
-        "convertible": False, "conversion_error": None, "parity_max_abs": None,
+        "not_resettable": None, "convertible": False, "conversion_error": None, "parity_max_abs": None,
         "parity_rel": None, "accuracy": None, "n": None,
     }
     x_check = None
@@ -50,6 +51,7 @@ def inspect(model, data, limit, as_json, device, **kw):
         report["parity_max_abs"] = tm.parity_max_abs
         report["parity_rel"] = tm.parity_rel
         report["assumptions"] += tm.notes
+        report["not_resettable"] = not_resettable(tm, find_probe_layers(tm.graph, am.original))
     except ConversionError as exc:
         report["conversion_error"] = str(exc)
     if as_json:
@@ -78,8 +80,11 @@ def _print(r: dict) -> None:
     for note in r["assumptions"]:
         e(f"assumed      {note}")
     e("probe layers")
+    skipped = r["not_resettable"] or {}
     for layer in r["probe_layers"]:
         tag = "  (output)" if layer["is_output"] else ""
+        if layer["name"] in skipped:
+            tag = f"  (not resettable: {skipped[layer['name']]})"
         act = f" + {layer['activation']}" if layer["activation"] else ""
         e(f"  {layer['op']:<7} {layer['units']:>5} units  {layer['name']}{act}{tag}")
     if r["convertible"]:

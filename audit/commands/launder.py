@@ -95,5 +95,7 @@ def _summary(res, output, report_dir) -> None:
           + ("  " + r.stopped if r.stopped else ""))
     e(f"kept round {res.best_round}; subset accuracy {res.subset_accuracy_before:.4f} -> "
       f"{res.subset_accuracy_after:.4f}")
+    for name, why in res.not_resettable.items():
+        e(f"not reset: {name}: {why}")
     if report_dir:
         e(f"report: {report_dir}/report.json")

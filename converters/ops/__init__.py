@@ -17,8 +17,8 @@ from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDe
 MODULES = (
     "affine", "cast_like", "cum_prod", "cumsum", "depth_to_space", "gelu", "global_lp_pool", "global_max_pool",
     "group_normalization", "hardmax", "hyperbolic", "image_scaler", "lp_normalization", "lp_pool", "matmul", "mish",
-    "mvn", "pad", "reduce", "scaled_tanh", "shrink", "size", "space_to_depth", "split", "swish", "thresholded_relu",
-    "trilu", "upsample",
+    "mvn", "pad", "reduce", "scaled_tanh", "shrink", "size", "slice", "space_to_depth", "split", "swish",
+    "thresholded_relu", "trilu", "upsample",
 )
 
 ADDED: set[OperationDescription] = set()
