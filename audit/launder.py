@@ -40,6 +40,7 @@ from audit.reset import (
 )
 from audit.retrain import retrain
 from audit.settings import LaunderConfig, NCConfig, RetrainConfig  # noqa: F401 (audit.launder.*Config)
+from audit.unlearn import Adversary
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -48,6 +49,8 @@ Progress = Callable[[str, int, int], None]
 # rounds whose subset accuracy is within this of the best count as equally good: the latest
 # of them is kept (fixed: no setting, test or bench ever changed it)
 KEEP_TOLERANCE = 0.005
+# attack steps per retraining epoch (audit.unlearn)
+UNLEARN_STEPS = 5
 
 
 @dataclass
@@ -159,6 +162,8 @@ class LaunderState:
     suspects: set[int] = field(default_factory=set)
     # a class other than the sink flagged in some round
     backdoor_seen: bool = False
+    # classes Neural Cleanse flagged in any round
+    flagged: set[int] = field(default_factory=set)
     triggers: dict[int, Trigger] = field(default_factory=dict)
     # round 1's A_diff cutoff per layer (anchor_thresholds)
     first_cutoffs: dict[str, float] = field(default_factory=dict)
@@ -333,6 +338,7 @@ class Launderer:
         # Classes flagged in any round stay suspects: after a round the residual backdoor is
         # weaker (often no longer an outlier) but its trigger is still worth unlearning.
         st.suspects.update(rec.flagged)
+        st.flagged.update(rec.flagged)
         # the sink's own recovered trigger is small once the masks have been taught to it:
         # an artefact of the retraining, not a backdoor found
         st.backdoor_seen = st.backdoor_seen or any(c != st.sink for c in rec.flagged)
@@ -409,11 +415,25 @@ class Launderer:
         work.losses = retrain(self.tm.module, self.forward, data.x, data.y, work.retrain_cfg, st.keep,
                               seed=cfg.seed + r, augment_mask=data.augment, teacher=self.teacher,
                               distill_mask=data.distill, target_mask=torch.from_numpy(data.target),
-                              ood=data.ood, ood_label=st.sink, progress=self._bar(r, "retrain"),
-                              device=self.device)
+                              ood=data.ood, ood_label=st.sink, adversary=self._adversary(work),
+                              progress=self._bar(r, "retrain"), device=self.device)
         reestimate_batchnorm(self.tm.module, self.forward, self.subset.x, device=self.device)
         st.keep.apply()
         work.times["retrain"] = time.perf_counter() - t
+
+    def _adversary(self, work: RoundWork) -> Adversary | None:
+        """The attacks that chase the used triggers of flagged classes while retraining
+        (audit.unlearn). None while no class was flagged: a watermark Neural Cleanse cannot see
+        gives the attacks nothing to start from, and attacking an ordinary class costs clean
+        accuracy (docs/method.md)."""
+        chase = [c for c in work.used if c in self.state.flagged]
+        if self.cfg.unlearn_eps <= 0 or not chase:
+            return None
+        gen = torch.Generator().manual_seed(self.cfg.seed + 1000 * work.round + 17)
+        triggers = {c: (self.state.triggers[c].mask, self.state.triggers[c].pattern) for c in chase}
+        return Adversary(self.forward, torch.from_numpy(self.subset.x).to(self.device),
+                         torch.from_numpy(self.subset.y).to(self.device), triggers,
+                         float(np.median(work.rec.norms)), self.cfg.unlearn_eps, UNLEARN_STEPS, gen)
 
     def _choose_lr(self, parts: RetrainingParts, rcfg: RetrainConfig, seed: int
                    ) -> tuple[float, dict[str, float]]:

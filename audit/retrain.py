@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from audit.reset import ResetMask
 from audit.settings import RetrainConfig
+from audit.unlearn import Adversary
 
 # fixed (no setting, test or bench ever changed them):
 # after `epochs`, retraining goes on (up to max_epochs) until the stamped images reach this
@@ -20,6 +21,8 @@ TARGET_ACCURACY = 0.99
 KD_TEMPERATURE = 4.0
 # weight of the out-of-distribution (sink class) term
 OOD_WEIGHT = 1.0
+# attacked subset images (audit.unlearn) per batch, as a share of the batch
+ADVERSARIAL_SHARE = 0.5
 
 
 def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -59,7 +62,8 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
             teacher=None, distill_mask: np.ndarray | None = None,
             target_mask: np.ndarray | None = None,
             ood: Callable[[int], np.ndarray] | None = None, ood_label: int | None = None,
-            progress=None, device: str | torch.device | None = None) -> list[float]:
+            adversary: Adversary | None = None, progress=None,
+            device: str | torch.device | None = None) -> list[float]:
     """Fine-tune module (through forward) on (x01, y). Returns the mean loss per epoch.
 
     augment_mask marks the samples that may be shifted (clean and stamped images; the
@@ -70,7 +74,9 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
     ood_label alongside the batches. With target_mask (the stamped images), training continues
     past cfg.epochs until those are classified with TARGET_ACCURACY, or cfg.max_epochs.
     With cfg.ema > 0 the module ends with the running average of its weights (the average is
-    also what the target accuracy is checked on).
+    also what the target accuracy is checked on). With an adversary (audit.unlearn), each epoch
+    first re-optimises its attacks on the current weights, and every batch also learns
+    ADVERSARIAL_SHARE of its size in attacked subset images with their true labels.
 
     The batches, the OOD images and the masks go to device (None: where the module's parameters
     are), which is where module and teacher run; random numbers (order, shifts, mixup) are
@@ -100,8 +106,10 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
             break
         perm = torch.randperm(n, generator=gen)
         xo = torch.from_numpy(ood(epoch)).to(device) if ood is not None and OOD_WEIGHT > 0 else None
+        if adversary:
+            adversary.refresh(module)
         step = _Step(forward=forward, data=data, cfg=cfg, gen=gen, teacher=teacher, ood_label=ood_label,
-                     opt=opt, keep=keep, ema=ema, device=device)
+                     opt=opt, keep=keep, ema=ema, device=device, adversary=adversary or None)
         losses.append(_epoch(step, perm, xo, n_batches))
         if progress:
             progress(min(epoch + 1, cfg.epochs), cfg.epochs)
@@ -126,6 +134,7 @@ class _Step:
     keep: ResetMask
     ema: _Ema | None
     device: torch.device
+    adversary: Adversary | None = None
 
 
 def _epoch(step: _Step, perm: torch.Tensor, xo: torch.Tensor | None, n_batches: int) -> float:
@@ -138,7 +147,9 @@ def _epoch(step: _Step, perm: torch.Tensor, xo: torch.Tensor | None, n_batches: 
         if len(idx) < 2:
             continue
         ob = xo[b * per_batch:(b + 1) * per_batch] if xo is not None else step.data.x[:0]
-        loss = _batch_loss(step.forward, step.data, idx, ob, step.cfg, step.gen, step.teacher, step.ood_label)
+        adv = step.adversary.batch(max(1, round(ADVERSARIAL_SHARE * len(idx)))) if step.adversary else None
+        loss = _batch_loss(step.forward, step.data, idx, ob, step.cfg, step.gen, step.teacher, step.ood_label,
+                           adv)
         step.opt.zero_grad(set_to_none=True)
         loss.backward()
         step.opt.step()
@@ -159,9 +170,11 @@ def _optimizer(params: list[torch.nn.Parameter], cfg: RetrainConfig) -> torch.op
 
 
 def _batch_loss(forward, data: _Batches, idx: torch.Tensor, ob: torch.Tensor, cfg: RetrainConfig,
-                gen: torch.Generator, teacher, ood_label: int | None) -> torch.Tensor:
-    """Cross-entropy on the batch idx, plus distillation on its clean images and their mixup
-    blends, plus the OOD images ob learnt as ood_label; one forward pass over all of them."""
+                gen: torch.Generator, teacher, ood_label: int | None,
+                adv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Cross-entropy on the batch idx and the attacked images adv (true labels), plus
+    distillation on its clean images and their mixup blends, plus the OOD images ob learnt as
+    ood_label; one forward pass over all of them."""
     xb, yb = data.x[idx], data.y[idx]
     if data.shift:
         a = data.augment[idx]
@@ -177,8 +190,12 @@ def _batch_loss(forward, data: _Batches, idx: torch.Tensor, ob: torch.Tensor, cf
         i1 = torch.randint(0, len(clean), (m,), generator=gen).to(clean.device)
         i2 = torch.randint(0, len(clean), (m,), generator=gen).to(clean.device)
         mixed = lam * clean[i1] + (1 - lam) * clean[i2]
+    if adv is not None:
+        xb, yb = torch.cat([xb, adv[0]]), torch.cat([yb, adv[1]])
+        d = torch.cat([d, torch.zeros(len(adv[1]), dtype=torch.bool, device=d.device)])
+    nb = len(yb)
     logits_all = forward(torch.cat([xb, mixed, ob]))
-    logits, mixed_logits = logits_all[:len(idx)], logits_all[len(idx):len(idx) + len(mixed)]
+    logits, mixed_logits = logits_all[:nb], logits_all[nb:nb + len(mixed)]
     loss = F.cross_entropy(logits, yb)
     if len(clean):
         kd_x = torch.cat([clean, mixed])
