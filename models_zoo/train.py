@@ -136,11 +136,26 @@ def evaluate_onnx(path: str | Path, x01: np.ndarray, y: np.ndarray, pre: Preproc
     return float(np.mean(onnx_logits(path, x01, pre).argmax(1) == y))
 
 
+def _torch_export(model: nn.Module, path: str, input_shape: tuple[int, int, int],
+                  dynamo: bool) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:   # the exporter's default opset; BatchNorm folded into the convolutions
+            torch.onnx.export(model, (torch.zeros(1, *input_shape),), path, dynamo=True,
+                              input_names=["input"], output_names=["logits"], verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+        else:
+            torch.onnx.export(model, torch.zeros(1, *input_shape), path, dynamo=False,
+                              opset_version=13, input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
 def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int],
-                check_x01: np.ndarray, pre: Preprocess) -> float:
-    """Export with the TorchScript exporter (opset 13, dynamic batch), cap the IR version at
-    10 for onnxruntime, write atomically and check onnxruntime against torch. Returns the
-    max absolute logit difference on ``check_x01``."""
+                check_x01: np.ndarray, pre: Preprocess, *, dynamo: bool = False) -> float:
+    """Export with the TorchScript exporter (opset 13, dynamic batch) or, with ``dynamo``,
+    torch's dynamo exporter, cap the IR version at 10 for onnxruntime, write atomically and
+    check onnxruntime against torch. Returns the max absolute logit difference on
+    ``check_x01``."""
     import onnx
 
     path = Path(path)
@@ -148,11 +163,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, torch.zeros(1, *input_shape), tmp, dynamo=False,
-                              opset_version=13, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        _torch_export(model, tmp, input_shape, dynamo)
         proto = onnx.load(tmp)
         proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
         onnx.checker.check_model(proto)

@@ -1,0 +1,336 @@
+"""Launder a randomised population of watermarked models (the wide zoo, models_zoo/wide.py).
+
+For each draw of the split (dev: seeds 0-999, for tuning the laundering defaults; heldout:
+1000 and up, for reporting) the watermarked model and its vanilla twin are built into the zoo
+cache (reused when built; $AUDIT_BENCH_ZOO/wide by default, see common.py), the watermarked
+model is laundered through the API (audit.api.launder) with the draw's stratified subset
+(10-60 images per class, data/train.npz) and the laundering settings (defaults, or --config /
+--set), and onnxruntime measures watermark and test accuracy before and after. `audit verify`'s
+test (exact one-sided binomial test against the twin's watermark accuracy, alpha 0.01) runs on
+the watermarked and the laundered model.
+
+A draw passes when the laundered model's watermark is not demonstrated and its watermark
+accuracy is at most the twin's + 0.02. A draw whose watermarked model does not demonstrate its
+own watermark (it did not embed) is reported but left out of the pass rates. Test-accuracy drop
+= watermarked - laundered, on the draw's clean test set.
+
+Results go to --out (bench/results/wide_zoo.json) after every draw, atomically, with the
+commit each row was measured at; a rerun with the same split and settings keeps the rows it
+finds (same draw, no error) and does the rest, so an interrupted run resumes. Another split or
+other settings need another --out (or --fresh).
+
+Usage: python bench/wide_zoo.py --split dev --digits 8 [--mnist M] [--cifar10 K] [--zoo DIR]
+       [--out bench/results/wide_zoo.json] [--workers N] [--config FILE.toml]
+       [--set FIELD=VALUE ...] [--fresh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import common  # noqa: E402
+
+ACCEPT = {"wm_margin": 0.02, "alpha": 0.01}
+SIZES = ("digits", "mnist", "cifar10")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--split", choices=("dev", "heldout"), required=True)
+    for size in SIZES:
+        ap.add_argument(f"--{size}", type=int, default=0, metavar="N",
+                        help=f"number of {size} draws (default 0)")
+    ap.add_argument("--zoo", type=Path, default=common.ZOO_CACHE / "wide",
+                    help="zoo cache (default $AUDIT_BENCH_ZOO/wide)")
+    ap.add_argument("--out", type=Path, default=common.RESULTS / "wide_zoo.json")
+    ap.add_argument("--workers", type=int, default=1, help="draws run in parallel processes")
+    ap.add_argument("--config", type=Path, default=None,
+                    help="laundering settings from a TOML file (as `audit launder --config`)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a LaunderConfig field, nc.FIELD or retrain.FIELD (VALUE as JSON)")
+    ap.add_argument("--fresh", action="store_true", help="ignore rows already in --out")
+    args = ap.parse_args(argv)
+    if args.workers < 1 or min(getattr(args, s) for s in SIZES) < 0:
+        ap.error("--workers must be at least 1 and draw counts at least 0")
+    if not any(getattr(args, s) for s in SIZES):
+        ap.error("nothing to do: give --digits, --mnist and/or --cifar10 a count")
+    return args
+
+
+def launder_config(args: argparse.Namespace):
+    from audit.config import load_config
+    from audit.launder import LaunderConfig
+
+    cfg = LaunderConfig(device="cpu")
+    if args.config is not None:
+        cfg = load_config(LaunderConfig, args.config, base=cfg)
+    for item in args.set:
+        cfg = common.set_field(cfg, item)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------
+# one draw (runs in a worker process with --workers)
+
+
+def _init_worker() -> None:
+    common.set_threads(1)
+
+
+def _verdict(v) -> dict:
+    return {"demonstrated": v.demonstrated, "p_value": v.p_value, "hits": v.hits, "n": v.n,
+            "watermark_accuracy": v.watermark_accuracy, "null_rate": v.null_rate}
+
+
+def _launder_figures(res, seconds: float) -> dict:
+    return {"rounds": len(res.rounds), "best_round": res.best_round,
+            "stop_reason": res.stop_reason,
+            "flagged": [r.recovery.get("flagged", []) for r in res.rounds],
+            "units_reset": [int(sum(r.units_reset.values())) for r in res.rounds],
+            "subset_accuracy_before": res.subset_accuracy_before,
+            "subset_accuracy_after": res.subset_accuracy_after, "seconds": round(seconds, 1)}
+
+
+def _mark_summary(d: dict) -> str:
+    if d["mark"]:
+        m = d["mark"]
+        what = f" '{m['text']}' {m['font']}" if m["text"] else f" {m['shape']}" if m["shape"] else ""
+        return (f"{m['kind']}{what} {m['side']}px at ({m['top']},{m['left']}) {m['mode']}"
+                f"{'' if m['mode'] == 'stamp' else ' ' + str(m['alpha'])}"
+                f"{' opaque' if m['opaque'] and m['kind'] in ('text', 'logo') else ''}")
+    if d["noise"]:
+        n = d["noise"]
+        return (f"{n['dist']} sigma {n['sigma']} {n['mode']} "
+                f"{'region ' + str(n['region']) if n['region'] else 'full'}")
+    if d["unrelated"]:
+        return "+".join(d["unrelated"]["kinds"])
+    return f"abstract {d['abstract']['source']}"
+
+
+def _measure(entry, cfg, work: Path) -> dict:
+    """Launder the entry's watermarked model; accuracies and verdicts before / after."""
+    from audit import api
+    from audit.data import Preprocess, load_dataset
+    from audit.models_zoo.train import evaluate_onnx
+
+    meta, d = entry.meta, entry.draw
+    geo = {"channels": d.channels, "height": d.input_hw, "width": d.input_hw, "num_classes": 10}
+    trig = load_dataset(entry.triggers, **geo)
+    sub = load_dataset(entry.data_dir / "train.npz", **geo)
+    test = load_dataset(entry.data_dir / "test.npz", **geo)
+    pp = Preprocess(**meta["preprocess"])
+    wm, van, out = entry.watermarked, entry.vanilla, work / "laundered.onnx"
+    acc = lambda path, ds: evaluate_onnx(path, ds.x, ds.y, pp)
+    verify = lambda path: api.verify(path, trig, vanilla=van, alpha=ACCEPT["alpha"],
+                                     preprocess=pp, device="cpu")
+    t = time.perf_counter()
+    res = api.launder(wm, sub, out, preprocess=pp, config=cfg, device="cpu")
+    seconds = time.perf_counter() - t
+    return {"wm_acc_before": acc(wm, trig), "wm_acc_after": acc(out, trig),
+            "vanilla_wm_acc": acc(van, trig), "test_acc_before": acc(wm, test),
+            "test_acc_after": acc(out, test), "vanilla_test_acc": acc(van, test),
+            "verify_before": _verdict(verify(wm)), "verify_after": _verdict(verify(out)),
+            "subset_size": len(sub), "n_trigger": len(trig), "n_test": len(test),
+            "launder": _launder_figures(res, seconds)}
+
+
+def run_draw(size: str, seed: int, zoo: str, cfg) -> dict:
+    """Build (cached) and launder one draw; a failure is a row with its one-line error."""
+    from audit.errors import one_line
+    from audit.models_zoo.wide import build_draw, make_draw
+
+    common.set_threads(1)
+    d = make_draw(seed, size)
+    dd = d.to_dict()
+    row = {"name": d.name, "size": size, "seed": seed, "split": d.split, "scheme": d.scheme,
+           "arch": d.arch, "input": f"{d.input_hw}x{d.input_hw}", "exporter": d.exporter,
+           "target": d.target, "watermark": _mark_summary(dd), "draw": dd, "error": None}
+    t = time.perf_counter()
+    try:
+        entry = build_draw(d, zoo)
+        row.update(zoo_built_now=entry.built, build_s=entry.meta["timings"]["total_s"])
+        with tempfile.TemporaryDirectory(prefix="audit-bench-wide-") as tmp:
+            row.update(_measure(entry, cfg, Path(tmp)))
+    except Exception as exc:   # recorded, the other draws go on
+        row["error"] = f"{type(exc).__name__}: {one_line(str(exc))}"
+        row["pass"] = False
+        row.update(wall_s=round(time.perf_counter() - t, 1), commit=common.commit())
+        return row
+    row.update(_judge(row), wall_s=round(time.perf_counter() - t, 1), commit=common.commit())
+    return row
+
+
+def _judge(r: dict) -> dict:
+    pass_wm = r["wm_acc_after"] <= r["vanilla_wm_acc"] + ACCEPT["wm_margin"]
+    not_dem = not r["verify_after"]["demonstrated"]
+    return {"test_drop": round(r["test_acc_before"] - r["test_acc_after"], 4),
+            "embedded": bool(r["verify_before"]["demonstrated"]), "pass_wm": pass_wm,
+            "not_demonstrated": not_dem, "pass": bool(pass_wm and not_dem)}
+
+
+# ------------------------------------------------------------------------------------------
+# results
+
+
+def _rate(rows: list[dict]) -> dict:
+    ok = [r for r in rows if not r["error"]]
+    emb = [r for r in ok if r["embedded"]]
+    passed = sum(r["pass"] for r in emb)
+    return {"n": len(rows), "errors": len(rows) - len(ok), "embedded": len(emb),
+            "pass": passed, "pass_rate": round(passed / len(emb), 4) if emb else None,
+            "pass_all_rows": sum(r["pass"] for r in ok)}
+
+
+def summary(rows: list[dict]) -> dict:
+    """Pass rates (over draws whose watermark embedded) per scheme, size, architecture and
+    exporter; test-accuracy drop over all draws laundered."""
+    ok = [r for r in rows if not r["error"]]
+    drops = [r["test_drop"] for r in ok]
+    out = {"all": _rate(rows),
+           "test_drop": {"median": round(statistics.median(drops), 4) if drops else None,
+                         "max": max(drops) if drops else None,
+                         "mean": round(statistics.fmean(drops), 4) if drops else None},
+           "launder_seconds": {"median": statistics.median([r["launder"]["seconds"] for r in ok])
+                               if ok else None}}
+    for key in ("scheme", "size", "arch", "exporter"):
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(str(r[key]), []).append(r)
+        out[f"by_{key}"] = {k: _rate(v) for k, v in sorted(groups.items())}
+    out["errors"] = {r["name"]: r["error"] for r in rows if r["error"]}
+    return out
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomic, machine paths made portable (common.portable)."""
+    from audit.report import json_default
+
+    obj = common.portable(json.loads(json.dumps(obj, default=json_default)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2."""
+    print(f"error: {common.portable(message)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def previous_rows(args: argparse.Namespace, cfg_dict: dict) -> dict[str, dict]:
+    """Rows of an earlier run with the same split and settings (error rows are redone)."""
+    if args.fresh or not args.out.is_file():
+        return {}
+    try:
+        old = json.loads(args.out.read_text())
+        old["rows"][0]["name"]   # noqa: B018 (a results file of this bench)
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        fail(f"{args.out}: not a results file of this bench; give another --out or --fresh")
+    if old.get("split") != args.split or old.get("launder_config") != cfg_dict:
+        fail(f"{args.out} holds a run of another split or other laundering settings; give "
+             "another --out or --fresh")
+    return {r["name"]: r for r in old.get("rows", []) if not r.get("error")}
+
+
+def document(args, cfg_dict: dict, rows: dict[str, dict], todo: list, machine: dict) -> dict:
+    ordered = sorted(rows.values(), key=lambda r: (SIZES.index(r["size"]), r["seed"]))
+    return {
+        "what": "wide zoo: randomised watermarked models (models_zoo/wide.py) laundered with "
+                "the settings below; pass = not demonstrated (binomial test vs the twin, "
+                "alpha 0.01) and watermark accuracy <= the twin's + 0.02",
+        "split": args.split, "requested": {s: getattr(args, s) for s in SIZES},
+        "complete": len(ordered) == len(todo) and not any(r["error"] for r in ordered),
+        "launder_config": cfg_dict,
+        "launder_overrides": {"config": str(args.config) if args.config else None,
+                              "set": args.set},
+        "acceptance": ACCEPT, "zoo": str(args.zoo), "argv": sys.argv[1:],
+        "commit": common.commit(), "machine": machine, "summary": summary(ordered),
+        "rows": ordered,
+    }
+
+
+def line(r: dict) -> str:
+    head = f"{r['name']:<12} {r['scheme']:<9} {r['arch']:<7} {r['input']:<6} {r['exporter']:<11}"
+    if r["error"]:
+        return f"{head} ERROR {r['error']}"
+    return (f"{head} wm {r['wm_acc_before']:.3f} -> {r['wm_acc_after']:.3f} (vanilla "
+            f"{r['vanilla_wm_acc']:.3f}) test {r['test_acc_before']:.3f} -> "
+            f"{r['test_acc_after']:.3f} p_after {r['verify_after']['p_value']:.2g} "
+            f"{'PASS' if r['pass'] else 'fail' if r['embedded'] else 'not embedded'} "
+            f"({r['wall_s']:.0f} s)")
+
+
+def _run(todo: list, args, cfg, on_row) -> None:
+    if args.workers == 1:
+        for size, seed in todo:
+            on_row(run_draw(size, seed, str(args.zoo), cfg))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker) as pool:
+        futs = [pool.submit(run_draw, size, seed, str(args.zoo), cfg) for size, seed in todo]
+        for f in as_completed(futs):
+            on_row(f.result())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.mnist:
+        common.need_shared(common.MNIST_TRAIN, common.MNIST_TEST)
+    if args.cifar10:
+        common.need_shared(common.SHARED / "cifar10")
+    common.set_threads(1)
+    from audit.errors import AuditError
+    from audit.models_zoo.wide import draws
+
+    try:
+        cfg = launder_config(args)
+        chosen = {d.name: d for s in SIZES if getattr(args, s)
+                  for d in draws(args.split, getattr(args, s), s)}
+    except AuditError as exc:
+        fail(str(exc))
+    except (TypeError, AttributeError) as exc:     # --set of a field LaunderConfig lacks
+        fail(f"--set: {exc}")
+    todo = [(d.size, d.seed) for d in chosen.values()]
+    cfg_dict = json.loads(json.dumps(cfg.to_dict()))     # as the file holds it
+    rows = {k: v for k, v in previous_rows(args, cfg_dict).items()    # the same draws only
+            if k in chosen and v["draw"] == chosen[k].to_dict()}
+    machine = common.machine()
+    left = [(s, seed) for s, seed in todo if f"{s}-{seed}" not in rows]
+    print(f"{len(todo)} draws, {len(todo) - len(left)} already done, {len(left)} to run",
+          flush=True)
+
+    def on_row(r: dict) -> None:
+        rows[r["name"]] = r
+        print(line(r), flush=True)
+        write_json(args.out, document(args, cfg_dict, rows, todo, machine))
+
+    _run(left, args, cfg, on_row)
+    doc = document(args, cfg_dict, rows, todo, machine)
+    write_json(args.out, doc)
+    print(json.dumps(doc["summary"]["all"]), json.dumps(doc["summary"]["test_drop"]))
+    print(f"wrote {common.portable(str(args.out))}")
+
+
+if __name__ == "__main__":
+    main()
