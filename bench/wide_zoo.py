@@ -15,9 +15,9 @@ own watermark (it did not embed) is reported but left out of the pass rates. Tes
 = watermarked - laundered, on the draw's clean test set.
 
 Results go to --out (bench/results/wide_zoo.json) after every draw, atomically, with the
-commit each row was measured at; a rerun with the same split and settings keeps the rows it
-finds (same draw, no error) and does the rest, so an interrupted run resumes. Another split or
-other settings need another --out (or --fresh).
+commit each row was measured at (the repository's when its run started); a rerun with the
+same split and settings keeps the rows it finds (same draw, no error) and does the rest, so an
+interrupted run resumes. Another split or other settings need another --out (or --fresh).
 
 Usage: python bench/wide_zoo.py --split dev --digits 8 [--mnist M] [--cifar10 K] [--zoo DIR]
        [--out bench/results/wide_zoo.json] [--workers N] [--config FILE.toml]
@@ -144,8 +144,9 @@ def _measure(entry, cfg, work: Path) -> dict:
             "launder": _launder_figures(res, seconds)}
 
 
-def run_draw(size: str, seed: int, zoo: str, cfg) -> dict:
-    """Build (cached) and launder one draw; a failure is a row with its one-line error."""
+def run_draw(size: str, seed: int, zoo: str, cfg, commit: str) -> dict:
+    """Build (cached) and launder one draw; a failure is a row with its one-line error.
+    ``commit``: the code's commit when the run started (what the process runs)."""
     from audit.errors import one_line
     from audit.models_zoo.wide import build_draw, make_draw
 
@@ -164,9 +165,9 @@ def run_draw(size: str, seed: int, zoo: str, cfg) -> dict:
     except Exception as exc:   # recorded, the other draws go on
         row["error"] = f"{type(exc).__name__}: {one_line(str(exc))}"
         row["pass"] = False
-        row.update(wall_s=round(time.perf_counter() - t, 1), commit=common.commit())
+        row.update(wall_s=round(time.perf_counter() - t, 1), commit=commit)
         return row
-    row.update(_judge(row), wall_s=round(time.perf_counter() - t, 1), commit=common.commit())
+    row.update(_judge(row), wall_s=round(time.perf_counter() - t, 1), commit=commit)
     return row
 
 
@@ -250,7 +251,8 @@ def previous_rows(args: argparse.Namespace, cfg_dict: dict) -> dict[str, dict]:
     return {r["name"]: r for r in old.get("rows", []) if not r.get("error")}
 
 
-def document(args, cfg_dict: dict, rows: dict[str, dict], todo: list, machine: dict) -> dict:
+def document(args, cfg_dict: dict, rows: dict[str, dict], todo: list, machine: dict,
+             commit: str) -> dict:
     ordered = sorted(rows.values(), key=lambda r: (SIZES.index(r["size"]), r["seed"]))
     return {
         "what": "wide zoo: randomised watermarked models (models_zoo/wide.py) laundered with "
@@ -262,7 +264,7 @@ def document(args, cfg_dict: dict, rows: dict[str, dict], todo: list, machine: d
         "launder_overrides": {"config": str(args.config) if args.config else None,
                               "set": args.set},
         "acceptance": ACCEPT, "zoo": str(args.zoo), "argv": sys.argv[1:],
-        "commit": common.commit(), "machine": machine, "summary": summary(ordered),
+        "commit": commit, "machine": machine, "summary": summary(ordered),
         "rows": ordered,
     }
 
@@ -278,17 +280,18 @@ def line(r: dict) -> str:
             f"({r['wall_s']:.0f} s)")
 
 
-def _run(todo: list, args, cfg, on_row) -> None:
+def _run(todo: list, args, cfg, commit: str, on_row) -> None:
     if args.workers == 1:
         for size, seed in todo:
-            on_row(run_draw(size, seed, str(args.zoo), cfg))
+            on_row(run_draw(size, seed, str(args.zoo), cfg, commit))
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker) as pool:
-        futs = [pool.submit(run_draw, size, seed, str(args.zoo), cfg) for size, seed in todo]
+        futs = [pool.submit(run_draw, size, seed, str(args.zoo), cfg, commit)
+                for size, seed in todo]
         for f in as_completed(futs):
             on_row(f.result())
 
@@ -315,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg_dict = json.loads(json.dumps(cfg.to_dict()))     # as the file holds it
     rows = {k: v for k, v in previous_rows(args, cfg_dict).items()    # the same draws only
             if k in chosen and v["draw"] == chosen[k].to_dict()}
-    machine = common.machine()
+    machine, commit = common.machine(), common.commit()    # the code this run loads
     left = [(s, seed) for s, seed in todo if f"{s}-{seed}" not in rows]
     print(f"{len(todo)} draws, {len(todo) - len(left)} already done, {len(left)} to run",
           flush=True)
@@ -323,10 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     def on_row(r: dict) -> None:
         rows[r["name"]] = r
         print(line(r), flush=True)
-        write_json(args.out, document(args, cfg_dict, rows, todo, machine))
+        write_json(args.out, document(args, cfg_dict, rows, todo, machine, commit))
 
-    _run(left, args, cfg, on_row)
-    doc = document(args, cfg_dict, rows, todo, machine)
+    _run(left, args, cfg, commit, on_row)
+    doc = document(args, cfg_dict, rows, todo, machine, commit)
     write_json(args.out, doc)
     print(json.dumps(doc["summary"]["all"]), json.dumps(doc["summary"]["test_drop"]))
     print(f"wrote {common.portable(str(args.out))}")
