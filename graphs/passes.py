@@ -411,6 +411,37 @@ def fuse_matmul_add(model: onnx.ModelProto, ctx: PassContext):
     return model, False
 
 
+def _gemm_c(m: onnx.ModelProto, ctx: PassContext, g: onnx.NodeProto, inits: dict, units: int
+            ) -> tuple[bool, bool]:
+    """gemm_bias's rewrite of one Gemm's C input. Returns (the Gemm still has a C, changed)."""
+    has_c = len(g.input) > 2 and bool(g.input[2])
+    beta = attr(g, "beta", 1.0)
+    if has_c and g.input[2] in inits and beta == 0.0:
+        del g.input[2:]
+        return False, True
+    if has_c and g.input[2] in inits and inits[g.input[2]].size == 1 and units > 1:
+        c = inits[g.input[2]].astype(np.float32).reshape(()) * np.float32(beta)
+        value = _unique(m, g.name + "_c")
+        m.graph.initializer.append(numpy_helper.from_array(np.asarray(c, np.float32), value))
+        _add_c_after(m, g, value)
+        return False, True
+    if has_c and g.input[2] in inits and inits[g.input[2]].shape == (1, units):
+        g.input[2] = _bias_initializer(m, ctx, g.name, g.input[2], inits[g.input[2]])
+        return True, True
+    if has_c and g.input[2] not in inits:
+        c = g.input[2]
+        if beta != 1.0:
+            scale = _unique(m, g.name + "_beta")
+            m.graph.initializer.append(numpy_helper.from_array(np.array(beta, np.float32), scale))
+            c = _unique(m, g.input[2] + "_scaled")
+            m.graph.node.insert(list(m.graph.node).index(g), helper.make_node(
+                "Mul", [g.input[2], scale], [c], name=_unique(m, g.name + "_scale_c")))
+        _add_c_after(m, g, c)
+        set_attr(g, "beta", 1.0)
+        return False, True
+    return has_c, False
+
+
 def gemm_bias(model: onnx.ModelProto, ctx: PassContext):
     """Make a dense Gemm one that onnx2torch converts to a trainable nn.Linear (its converter
     keeps any other Gemm as a functional op whose weight is a constant): no transA, and a C that
@@ -441,31 +472,8 @@ def gemm_bias(model: onnx.ModelProto, ctx: PassContext):
             g.input[0] = at
             set_attr(g, "transA", 0)
             modified = True
-        has_c = len(g.input) > 2 and bool(g.input[2])
-        beta = attr(g, "beta", 1.0)
-        if has_c and g.input[2] in inits and beta == 0.0:
-            del g.input[2:]
-            has_c, modified = False, True
-        elif has_c and g.input[2] in inits and inits[g.input[2]].size == 1 and units > 1:
-            c = inits[g.input[2]].astype(np.float32).reshape(()) * np.float32(beta)
-            value = _unique(m, g.name + "_c")
-            m.graph.initializer.append(numpy_helper.from_array(np.asarray(c, np.float32), value))
-            _add_c_after(m, g, value)
-            has_c, modified = False, True
-        elif has_c and g.input[2] in inits and inits[g.input[2]].shape == (1, units):
-            g.input[2] = _bias_initializer(m, ctx, g.name, g.input[2], inits[g.input[2]])
-            modified = True
-        elif has_c and g.input[2] not in inits:
-            c = g.input[2]
-            if beta != 1.0:
-                scale = _unique(m, g.name + "_beta")
-                m.graph.initializer.append(numpy_helper.from_array(np.array(beta, np.float32), scale))
-                c = _unique(m, g.input[2] + "_scaled")
-                m.graph.node.insert(list(m.graph.node).index(g), helper.make_node(
-                    "Mul", [g.input[2], scale], [c], name=_unique(m, g.name + "_scale_c")))
-            _add_c_after(m, g, c)
-            set_attr(g, "beta", 1.0)
-            has_c, modified = False, True
+        has_c, changed = _gemm_c(m, ctx, g, inits, units)
+        modified = modified or changed
         found = None if has_c or g.output[0] in graph_outputs else _add_after(cons, g.output[0], inits)
         if found is None:
             continue
