@@ -233,6 +233,34 @@ def exporters(d: dict) -> str:
         f"`audit launder` on {s['launder_ok']}.")
 
 
+def _rate(g: dict) -> str:
+    return f"{g['pass']}/{g['embedded']}" + (f" ({g['errors']} errors)" if g.get("errors") else "")
+
+
+def wide_zoo(d: dict, title: str) -> str:
+    """Pass rates of a bench/wide_zoo.py run, overall and per scheme, size and architecture."""
+    s = d["summary"]
+    rows = [["all", _rate(s["all"])]]
+    for key, label in (("by_scheme", "scheme"), ("by_size", "size"), ("by_arch", "architecture"),
+                       ("by_exporter", "exporter")):
+        rows += [[f"{label} {name}", _rate(g)] for name, g in sorted(s.get(key, {}).items())]
+    overrides = d.get("launder_overrides") or {}
+    given = [f"`{v}`" for v in overrides.get("set") or []]
+    if overrides.get("config"):
+        given.insert(0, f"the settings of `{overrides['config']}`")
+    settings = ", ".join(given) or "the default settings"
+    drop = s.get("test_drop") or {}
+    note = (f"{d['split']} split, laundering with {settings}. A draw passes when the laundered "
+            "model does not demonstrate ownership (`audit verify` against its twin, alpha 0.01) "
+            "and its watermark accuracy is at most the twin's + 2 points; draws whose own "
+            "watermark is not demonstrated are left out. Test-accuracy drop: median "
+            f"{100 * drop.get('median', float('nan')):.2f}, max {100 * drop.get('max', float('nan')):.2f} "
+            "points. " + machine_line(d.get("machine")))
+    command = "python bench/wide_zoo.py " + " ".join(shlex.quote(a) for a in d.get("argv", []))
+    return section(title, command, (d.get("commit") or "")[:7],
+                   table(["draws", "passed"], rows), note)
+
+
 def exporter_coverage(d: dict) -> str:
     """README table: one row per exporter path (exporter, version, opsets, architectures)."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -305,6 +333,11 @@ def render() -> str:
         if d:
             out.append(fn(d))
     out.append(probes(load("probe_memory.json"), load("probe_throughput.json")))
+    for name, title in (("wide_zoo.json", "Wide zoo, held-out split"),
+                        ("wide_zoo_dev.json", "Wide zoo, dev split")):
+        d = load(name)
+        if d:
+            out.append(wide_zoo(d, title))
     d = load("exporters.json")
     if d:
         out.append(exporters(d))

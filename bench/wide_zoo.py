@@ -14,13 +14,14 @@ accuracy is at most the twin's + 0.02. A draw whose watermarked model does not d
 own watermark (it did not embed) is reported but left out of the pass rates. Test-accuracy drop
 = watermarked - laundered, on the draw's clean test set.
 
-Results go to --out (bench/results/wide_zoo.json) after every draw, atomically, with the
-commit each row was measured at (the repository's when its run started); a rerun with the
-same split and settings keeps the rows it finds (same draw, no error) and does the rest, so an
-interrupted run resumes. Another split or other settings need another --out (or --fresh).
+Results go to --out (bench/results/wide_zoo.json for the held-out split, wide_zoo_dev.json
+for dev) after every draw, atomically, with the commit each row was measured at (the
+repository's when its run started); a rerun with the same split and settings keeps the rows it
+finds (same draw, no error) and does the rest, so an interrupted run resumes. Another split or
+other settings need another --out (or --fresh).
 
 Usage: python bench/wide_zoo.py --split dev --digits 8 [--mnist M] [--cifar10 K] [--zoo DIR]
-       [--out bench/results/wide_zoo.json] [--workers N] [--config FILE.toml]
+       [--out FILE] [--workers N] [--config FILE.toml]
        [--set FIELD=VALUE ...] [--fresh]
 """
 
@@ -52,7 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"number of {size} draws (default 0)")
     ap.add_argument("--zoo", type=Path, default=common.ZOO_CACHE / "wide",
                     help="zoo cache (default $AUDIT_BENCH_ZOO/wide)")
-    ap.add_argument("--out", type=Path, default=common.RESULTS / "wide_zoo.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results file (default bench/results/wide_zoo.json for the held-out "
+                         "split, bench/results/wide_zoo_dev.json for dev)")
     ap.add_argument("--workers", type=int, default=1, help="draws run in parallel processes")
     ap.add_argument("--config", type=Path, default=None,
                     help="laundering settings from a TOML file (as `audit launder --config`)")
@@ -64,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--workers must be at least 1 and draw counts at least 0")
     if not any(getattr(args, s) for s in SIZES):
         ap.error("nothing to do: give --digits, --mnist and/or --cifar10 a count")
+    if args.out is None:
+        args.out = common.RESULTS / ("wide_zoo.json" if args.split == "heldout" else "wide_zoo_dev.json")
     return args
 
 
