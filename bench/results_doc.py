@@ -237,7 +237,23 @@ def _rate(g: dict) -> str:
     return f"{g['pass']}/{g['embedded']}" + (f" ({g['errors']} errors)" if g.get("errors") else "")
 
 
-def wide_zoo(d: dict, title: str) -> str:
+def _wide_command(d: dict, name: str) -> str:
+    """The run's command line, writing to bench/results/<name> (its default, or --out)."""
+    argv, out = list(d.get("argv", [])), []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--out":
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    default = "wide_zoo.json" if d.get("split") == "heldout" else "wide_zoo_dev.json"
+    if name != default:
+        out += ["--out", f"bench/results/{name}"]
+    return "python bench/wide_zoo.py " + " ".join(shlex.quote(a) for a in out)
+
+
+def wide_zoo(d: dict, title: str, name: str) -> str:
     """Pass rates of a bench/wide_zoo.py run, overall and per scheme, size and architecture."""
     s = d["summary"]
     rows = [["all", _rate(s["all"])]]
@@ -256,8 +272,7 @@ def wide_zoo(d: dict, title: str) -> str:
             "watermark is not demonstrated are left out. Test-accuracy drop: median "
             f"{100 * drop.get('median', float('nan')):.2f}, max {100 * drop.get('max', float('nan')):.2f} "
             "points. " + machine_line(d.get("machine")))
-    command = "python bench/wide_zoo.py " + " ".join(shlex.quote(a) for a in d.get("argv", []))
-    return section(title, command, (d.get("commit") or "")[:7],
+    return section(title, _wide_command(d, name), (d.get("commit") or "")[:7],
                    table(["draws", "passed"], rows), note)
 
 
@@ -333,11 +348,12 @@ def render() -> str:
         if d:
             out.append(fn(d))
     out.append(probes(load("probe_memory.json"), load("probe_throughput.json")))
-    for name, title in (("wide_zoo.json", "Wide zoo, held-out split"),
-                        ("wide_zoo_dev.json", "Wide zoo, dev split")):
-        d = load(name)
-        if d:
-            out.append(wide_zoo(d, title))
+    for path in sorted(RESULTS.glob("wide_zoo*.json"), key=lambda p: (p.stem.startswith("wide_zoo_dev"), p.stem)):
+        d = load(path.name)
+        given = (d.get("launder_overrides") or {}).get("set") or []
+        title = ("Wide zoo, " + ("held-out" if d["split"] == "heldout" else "dev") + " split"
+                 + (f" ({', '.join(given)})" if given else ""))
+        out.append(wide_zoo(d, title, path.name))
     d = load("exporters.json")
     if d:
         out.append(exporters(d))
