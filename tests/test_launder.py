@@ -346,6 +346,30 @@ def test_api_returns_launder_result_and_runs_are_deterministic(zoo, capsys):
     assert a.read_bytes() == b.read_bytes()
 
 
+def test_adversarial_unlearning_chases_the_flagged_class(zoo):
+    """unlearn_eps > 0: the flagged content target's attacks are learnt while retraining (one
+    short round), the watermark goes, and report.json's parameters record the budget."""
+    from audit import launder
+    from audit.launder import LaunderConfig
+    from audit.nc import NCConfig
+    from audit.retrain import RetrainConfig
+
+    e, trig, test = zoo["entry"], zoo["triggers"], zoo["test"]
+    cfg = LaunderConfig(rounds=1, seed=0, nc=NCConfig(epochs=20), retrain=RetrainConfig(epochs=5),
+                        unlearn_eps=0.4, device="cpu")
+    res = launder(e.watermarked, zoo["subset"], zoo["work"] / "unlearn.onnx", config=cfg,
+                  report_dir=zoo["work"] / "unlearn_report", device="cpu")
+    assert e.meta["target"] in res.rounds[0].recovery["flagged"]
+    vanilla = AuditModel.load(e.vanilla, device="cpu").accuracy(trig.x, trig.y, PP)
+    wm = AuditModel.load(e.watermarked, device="cpu")
+    after, test_after = res.model.accuracy(trig.x, trig.y, PP), res.model.accuracy(test.x, test.y, PP)
+    msg = f"wm {after:.3f} (vanilla {vanilla:.3f}), test {test_after:.4f}"
+    assert after <= vanilla + 0.05, msg
+    assert wm.accuracy(test.x, test.y, PP) - test_after <= 0.03, msg
+    report = json.loads((zoo["work"] / "unlearn_report" / "report.json").read_text())
+    assert report["parameters"]["unlearn_eps"] == 0.4
+
+
 def test_api_refuses_labels_outside_the_model(zoo):
     from audit import launder
     from audit.errors import DataError
