@@ -157,6 +157,21 @@ def _bias_initializer(m: onnx.ModelProto, ctx: PassContext, owner: str, src: str
     return name
 
 
+def _absorb_dense_bias(m: onnx.ModelProto, ctx: PassContext, cons, inits, graph_outputs: set[str],
+                       owner: str, out: str, units: int) -> tuple[str, str] | None:
+    """The Add of a per-unit bias ([N] or [1, N]) that alone consumes dense output `out` (not a
+    graph output), taken out of the graph: (the new 1-D bias initializer, the Add's output)."""
+    found = None if out in graph_outputs else _add_after(cons, out, inits)
+    if found is None:
+        return None
+    add, other = found
+    b = inits[other]
+    if b.size != units or not (b.ndim == 1 or b.shape == (1, units)):
+        return None
+    m.graph.node.remove(add)
+    return _bias_initializer(m, ctx, owner, other, b), add.output[0]
+
+
 # ---------------------------------------------------------------- structural passes
 def remove_initializer_inputs(model: onnx.ModelProto, ctx: PassContext):
     """Old exporters (IR < 4, CNTK) list every initializer as a graph input too."""
@@ -389,17 +404,13 @@ def fuse_matmul_add(model: onnx.ModelProto, ctx: PassContext):
             continue
         if ranks.get(mm.input[0]) != 2:
             continue
-        w = inits[mm.input[1]]
         gemm_inputs = [mm.input[0], mm.input[1]]
         out = mm.output[0]
-        found = _add_after(cons, out, inits) if out not in graph_outputs else None
-        if found is not None:
-            add, other = found
-            b = inits[other]
-            if b.size == w.shape[1] and (b.ndim == 1 or b.shape[0] == 1):
-                gemm_inputs.append(_bias_initializer(m, ctx, mm.name, other, b))
-                out = add.output[0]
-                m.graph.node.remove(add)
+        absorbed = _absorb_dense_bias(m, ctx, cons, inits, graph_outputs, mm.name, out,
+                                      inits[mm.input[1]].shape[1])
+        if absorbed is not None:
+            gemm_inputs.append(absorbed[0])
+            out = absorbed[1]
         gemm = helper.make_node("Gemm", gemm_inputs, [out], name=mm.name)
         idx = list(m.graph.node).index(mm)
         m.graph.node.remove(mm)
@@ -474,17 +485,13 @@ def gemm_bias(model: onnx.ModelProto, ctx: PassContext):
             modified = True
         has_c, changed = _gemm_c(m, ctx, g, inits, units)
         modified = modified or changed
-        found = None if has_c or g.output[0] in graph_outputs else _add_after(cons, g.output[0], inits)
-        if found is None:
+        absorbed = None if has_c else _absorb_dense_bias(m, ctx, cons, inits, graph_outputs,
+                                                          g.name, g.output[0], units)
+        if absorbed is None:
             continue
-        add, other = found
-        b = inits[other]
-        if b.size != units or not (b.ndim == 1 or b.shape == (1, units)):
-            continue
-        g.input.append(_bias_initializer(m, ctx, g.name, other, b))
+        g.input.append(absorbed[0])
         set_attr(g, "beta", 1.0)
-        g.output[0] = add.output[0]
-        m.graph.node.remove(add)
+        g.output[0] = absorbed[1]
         modified = True
     if modified:
         _remove_unused_initializers(m)

@@ -269,6 +269,18 @@ def test_fuse_matmul_add_to_gemm(bias_first):
     assert [(layer.op, layer.units, layer.is_output) for layer in layers] == [("MatMul", 3, True)]
 
 
+def test_fuse_matmul_add_keeps_a_bias_that_adds_an_axis():
+    """An Add of a [1, 1, N] bias broadcasts [B, N] to [1, B, N]: it is no Gemm bias."""
+    w, b = rand(6, 3), rand(1, 1, 3)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["mm"], name="dense"),
+             helper.make_node("Add", ["mm", "b"], ["y"], name="add")]
+    m = make_model(nodes, [vi("x", ["N", 6])], [vi("y", [1, "N", 3])], {"W": w, "b": b})
+    out, modified, _ = apply(P.fuse_matmul_add, m)
+    assert modified and ops(out) == ["Gemm", "Add"]
+    assert len(out.graph.node[0].input) == 2
+    assert_same_outputs(m, out, rand(5, 6))
+
+
 def test_fuse_matmul_add_leaves_rank3_matmul():
     nodes = [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")]
     m = make_model(nodes, [vi("x", ["N", 4, 6])], [vi("y", ["N", 4, 3])], {"W": rand(6, 3)})
