@@ -431,9 +431,11 @@ class Launderer:
             return None
         gen = torch.Generator().manual_seed(self.cfg.seed + 1000 * work.round + 17)
         triggers = {c: (self.state.triggers[c].mask, self.state.triggers[c].pattern) for c in chase}
-        return Adversary(self.forward, torch.from_numpy(self.subset.x).to(self.device),
-                         torch.from_numpy(self.subset.y).to(self.device), triggers,
-                         float(np.median(work.rec.norms)), self.cfg.unlearn_eps, UNLEARN_STEPS, gen)
+        adversary = Adversary(self.forward, torch.from_numpy(self.subset.x).to(self.device),
+                              torch.from_numpy(self.subset.y).to(self.device), triggers,
+                              float(np.median(work.rec.norms)), self.cfg.unlearn_eps,
+                              UNLEARN_STEPS, gen)
+        return adversary if adversary.attacks else None
 
     def _choose_lr(self, parts: RetrainingParts, rcfg: RetrainConfig, seed: int
                    ) -> tuple[float, dict[str, float]]:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from audit.converters.to_torch import module_device
 from audit.errors import AuditError
 from audit.graphs.probe import ProbeLayer
 
@@ -198,7 +199,7 @@ def reestimate_batchnorm(module: nn.Module, forward, x01: np.ndarray, batch_size
     if not bns:
         return
     if device is None:
-        device = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
+        device = module_device(module)
     saved = [(m, m.momentum) for m in bns]
     for m in bns:
         m.reset_running_stats()

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from audit.converters.to_torch import module_device
 from audit.reset import ResetMask
 from audit.settings import RetrainConfig
 from audit.unlearn import Adversary
@@ -82,7 +83,7 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
     are), which is where module and teacher run; random numbers (order, shifts, mixup) are
     drawn on the CPU and moved, so CPU results do not depend on it.
     """
-    device = torch.device(device) if device is not None else _module_device(module)
+    device = torch.device(device) if device is not None else module_device(module)
     gen = torch.Generator().manual_seed(seed)
     opt = _optimizer([p for p in module.parameters() if p.requires_grad], cfg)
     n = len(y)
@@ -106,10 +107,10 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
             break
         perm = torch.randperm(n, generator=gen)
         xo = torch.from_numpy(ood(epoch)).to(device) if ood is not None and OOD_WEIGHT > 0 else None
-        if adversary:
+        if adversary is not None:
             adversary.refresh(module)
         step = _Step(forward=forward, data=data, cfg=cfg, gen=gen, teacher=teacher, ood_label=ood_label,
-                     opt=opt, keep=keep, ema=ema, device=device, adversary=adversary or None)
+                     opt=opt, keep=keep, ema=ema, device=device, adversary=adversary)
         losses.append(_epoch(step, perm, xo, n_batches))
         if progress:
             progress(min(epoch + 1, cfg.epochs), cfg.epochs)
@@ -147,7 +148,7 @@ def _epoch(step: _Step, perm: torch.Tensor, xo: torch.Tensor | None, n_batches: 
         if len(idx) < 2:
             continue
         ob = xo[b * per_batch:(b + 1) * per_batch] if xo is not None else step.data.x[:0]
-        adv = step.adversary.batch(max(1, round(ADVERSARIAL_SHARE * len(idx)))) if step.adversary else None
+        adv = step.adversary.batch(max(1, round(ADVERSARIAL_SHARE * len(idx)))) if step.adversary is not None else None
         loss = _batch_loss(step.forward, step.data, idx, ob, step.cfg, step.gen, step.teacher, step.ood_label,
                            adv)
         step.opt.zero_grad(set_to_none=True)
@@ -159,10 +160,6 @@ def _epoch(step: _Step, perm: torch.Tensor, xo: torch.Tensor | None, n_batches: 
         total += float(loss.detach()) * len(idx)
         count += len(idx)
     return total / max(count, 1)
-
-
-def _module_device(module: torch.nn.Module) -> torch.device:
-    return next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
 
 
 def _optimizer(params: list[torch.nn.Parameter], cfg: RetrainConfig) -> torch.optim.Optimizer:

@@ -99,9 +99,6 @@ class Adversary:
                 delta=torch.zeros_like(x[0]),
                 opt=torch.optim.Adam([m, p], lr=PATCH_LR, betas=(0.5, 0.9)), pool=pool))
 
-    def __bool__(self) -> bool:
-        return bool(self.attacks)
-
     def refresh(self, module: torch.nn.Module) -> None:
         """``steps`` steps of both attacks of every class on the current weights (eval mode)."""
         was = module.training
