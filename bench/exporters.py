@@ -137,7 +137,6 @@ class Zoo:
 
     def __init__(self, root: Path, data: dict, only: set[str] | None = None):
         self.root, self.data, self.only = root, data, only
-        self.built: list[str] = []
 
     def wanted(self, name: str) -> bool:
         return self.only is None or name in self.only
@@ -166,7 +165,6 @@ class Zoo:
         status = "ok" if meta["build_ok"] else f"FAILED {meta['build_error']}"
         acc = f" acc {framework_acc:.3f}" if framework_acc is not None else ""
         print(f"  {name:<28} opset {meta['opset']}{acc} ort {meta['ort_accuracy']} {status}", flush=True)
-        self.built.append(name)
 
 
 def _onnx_facts(path: Path) -> dict:
@@ -362,7 +360,7 @@ def _keras_models():
     import keras
     from keras import layers
 
-    def mlp(flat_input=False):
+    def mlp():
         inp = keras.Input((SIDE, SIDE), name="input")
         h = layers.Flatten()(inp)
         h = layers.Dense(64, activation="relu")(h)
