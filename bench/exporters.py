@@ -274,56 +274,56 @@ def _torch_train(make, data, pp, epochs=12):
     return model, round(acc, 4)
 
 
-def build_torchscript(zoo: Zoo) -> None:
+def _build_torch(zoo: Zoo, plan, export, meta: dict) -> None:
+    """Train each (name, arch, opset, preprocess, fixed batch 1) of plan and add it to the zoo,
+    exported by export(model, path, opset, fixed1); meta names the exporter."""
     torch, archs = _torch_models()
-    plan = [("torchscript-op9-mlp", "mlp", 9, PP_DEFAULT, False),
-            ("torchscript-op9-cnn", "cnn", 9, PP_HALF, False),
-            ("torchscript-op13-cnn_bn", "cnn_bn", 13, PP_DEFAULT, False),
-            ("torchscript-op17-cnn", "cnn", 17, PP_DEFAULT, False),
-            ("torchscript-op17-cnn_bn-b1", "cnn_bn", 17, PP_HALF, True)]
     for name, arch, opset, pp, fixed1 in plan:
         if not zoo.wanted(name):
             continue
         model, acc = _torch_train(archs[arch], zoo.data, pp)
+        zoo.add(name, {**meta, "framework": "torch", "framework_version": torch.__version__,
+                       "requested_opset": opset, "arch": arch, "preprocess": pp, "input_layout": "NCHW",
+                       "batch": 1 if fixed1 else "dynamic"},
+                lambda path, model=model, opset=opset, fixed1=fixed1: export(model, path, opset, fixed1),
+                acc)
 
-        def export(path, model=model, opset=opset, fixed1=fixed1):
-            dummy = torch.zeros(1 if fixed1 else 2, 1, SIDE, SIDE)
-            axes = None if fixed1 else {"input": {0: "batch"}, "logits": {0: "batch"}}
-            torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=["logits"], dynamic_axes=axes)
 
-        zoo.add(name, {"exporter": "torch.onnx.export(dynamo=False)", "path": "torchscript",
-                       "exporter_version": torch.__version__, "framework": "torch",
-                       "framework_version": torch.__version__, "requested_opset": opset, "arch": arch,
-                       "preprocess": pp, "input_layout": "NCHW", "batch": 1 if fixed1 else "dynamic"},
-                export, acc)
+def build_torchscript(zoo: Zoo) -> None:
+    import torch
+
+    def export(model, path, opset, fixed1):
+        dummy = torch.zeros(1 if fixed1 else 2, 1, SIDE, SIDE)
+        axes = None if fixed1 else {"input": {0: "batch"}, "logits": {0: "batch"}}
+        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=["logits"], dynamic_axes=axes)
+
+    _build_torch(zoo, [("torchscript-op9-mlp", "mlp", 9, PP_DEFAULT, False),
+                       ("torchscript-op9-cnn", "cnn", 9, PP_HALF, False),
+                       ("torchscript-op13-cnn_bn", "cnn_bn", 13, PP_DEFAULT, False),
+                       ("torchscript-op17-cnn", "cnn", 17, PP_DEFAULT, False),
+                       ("torchscript-op17-cnn_bn-b1", "cnn_bn", 17, PP_HALF, True)],
+                 export, {"exporter": "torch.onnx.export(dynamo=False)", "path": "torchscript",
+                          "exporter_version": torch.__version__})
 
 
 def build_dynamo(zoo: Zoo) -> None:
-    torch, archs = _torch_models()
-    plan = [("dynamo-op18-cnn", "cnn", 18, PP_DEFAULT),
-            ("dynamo-op18-cnn_bn", "cnn_bn", 18, PP_HALF),
-            ("dynamo-default-mlp", "mlp", None, PP_DEFAULT),
-            ("dynamo-default-cnn_bn", "cnn_bn", None, PP_DEFAULT)]
-    for name, arch, opset, pp in plan:
-        if not zoo.wanted(name):
-            continue
-        model, acc = _torch_train(archs[arch], zoo.data, pp)
+    import torch
 
-        def export(path, model=model, opset=opset):
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            kw = {} if opset is None else {"opset_version": opset}
-            prog = torch.onnx.export(model, (torch.zeros(2, 1, SIDE, SIDE),), dynamo=True,
-                                     input_names=["input"], output_names=["logits"],
-                                     dynamic_shapes=({0: batch},), **kw)
-            prog.save(str(path))
+    def export(model, path, opset, fixed1):
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        kw = {} if opset is None else {"opset_version": opset}
+        prog = torch.onnx.export(model, (torch.zeros(2, 1, SIDE, SIDE),), dynamo=True,
+                                 input_names=["input"], output_names=["logits"],
+                                 dynamic_shapes=({0: batch},), **kw)
+        prog.save(str(path))
 
-        zoo.add(name, {"exporter": "torch.onnx.export(dynamo=True)", "path": "dynamo",
-                       "exporter_version": f"torch {torch.__version__}, onnxscript {_version('onnxscript')}",
-                       "framework": "torch", "framework_version": torch.__version__,
-                       "requested_opset": opset, "arch": arch, "preprocess": pp, "input_layout": "NCHW",
-                       "batch": "dynamic"},
-                export, acc)
+    _build_torch(zoo, [("dynamo-op18-cnn", "cnn", 18, PP_DEFAULT, False),
+                       ("dynamo-op18-cnn_bn", "cnn_bn", 18, PP_HALF, False),
+                       ("dynamo-default-mlp", "mlp", None, PP_DEFAULT, False),
+                       ("dynamo-default-cnn_bn", "cnn_bn", None, PP_DEFAULT, False)],
+                 export, {"exporter": "torch.onnx.export(dynamo=True)", "path": "dynamo",
+                          "exporter_version": f"torch {torch.__version__}, onnxscript {_version('onnxscript')}"})
 
 
 # ---------------------------------------------------------------------------- scikit-learn
