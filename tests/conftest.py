@@ -4,6 +4,7 @@ entry, shared by every module that needs them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -26,13 +27,32 @@ def manifest(shared_data: Path) -> dict:
     return json.loads((shared_data / "MANIFEST.json").read_text())
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch on one thread inside the block (oversubscribed OpenMP threads slow the small
+    models 5-10x on a shared machine), its own count after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the whole test module."""
+    with one_torch_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def digits_zoo(tmp_path_factory):
     """``digits_zoo(scheme)``: the digits zoo's entry for ``scheme`` (watermarked model, vanilla
     twin, data, triggers) with the default recipe and seed 0, trained with one torch thread;
     each scheme is built the first time a test asks for it, then shared."""
-    import torch
-
     from audit.models_zoo.build import build_entry
 
     root = tmp_path_factory.mktemp("zoo")
@@ -40,13 +60,9 @@ def digits_zoo(tmp_path_factory):
 
     def get(scheme: str):
         if scheme not in built:
-            before = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
+            with one_torch_thread():
                 built[scheme] = build_entry("digits", scheme, root / f"digits_{scheme}", seed=0,
                                             quiet=True)
-            finally:
-                torch.set_num_threads(before)
         return built[scheme]
 
     return get
@@ -86,22 +102,16 @@ def digits_content_laundered(tmp_path_factory, digits_content, digits_content_su
     import hashlib
     import time
 
-    import torch
-
     from audit.cli import run
 
     e = digits_content
     work = tmp_path_factory.mktemp("laundered")
     out, rep = work / "laundered.onnx", work / "report"
     before_sha = hashlib.sha256(e.watermarked.read_bytes()).hexdigest()
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     t = time.perf_counter()
-    try:
+    with one_torch_thread():
         rc = run(["launder", str(e.watermarked), "--data", str(digits_content_subset["path"]),
                   "-o", str(out), "--report", str(rep), *LAUNDER_ARGS])
-    finally:
-        torch.set_num_threads(before)
     seconds = time.perf_counter() - t
     report = json.loads((rep / "report.json").read_text()) if rc == 0 else None
     return {"rc": rc, "out": out, "report_dir": rep, "report": report, "seconds": seconds,

@@ -32,14 +32,10 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> dict:
+def demo(tmp_path_factory, one_thread) -> dict:
     import io
     import sys
 
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("demo") / "out"
     mp = pytest.MonkeyPatch()
     buf_out, buf_err = io.StringIO(), io.StringIO()
@@ -49,7 +45,6 @@ def demo(tmp_path_factory) -> dict:
         rc = run(["demo", "--out", str(out), "--quiet", "--device", "cpu"])
     finally:
         mp.undo()
-        torch.set_num_threads(before)
     summary = json.loads((out / "summary.json").read_text()) if rc == 0 else None
     return {"rc": rc, "out": out, "stdout": buf_out.getvalue(), "stderr": buf_err.getvalue(),
             "summary": summary}

@@ -70,16 +70,6 @@ def assert_one_error_line(rc: int, err: str, *expect: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def zoo(tmp_path_factory, one_thread, digits_content, digits_content_subset) -> dict:
     entry = digits_content
     geo = dict(channels=1, height=16, width=16)

@@ -87,16 +87,6 @@ def tiny_onnx(path: Path, shape: tuple[int, int, int], classes: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def zoo(tmp_path_factory, one_thread, digits_content, digits_content_subset) -> dict:
     work = tmp_path_factory.mktemp("verify_zoo") / "work"
     work.mkdir()
