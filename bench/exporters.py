@@ -211,10 +211,15 @@ def _ort_accuracy(path: Path, test: dict, meta: dict) -> float | None:
         for i in range(0, len(x), step):
             r = sess.run(None, {inp.name: x[i:i + step]})
             preds.append(r[pick].argmax(axis=1) if pick is not None else np.asarray(r[label]).reshape(-1))
-        return round(float((np.concatenate(preds) == test["y"]).mean()), 4)
+        return _accuracy(np.concatenate(preds), test["y"])
     except Exception as exc:
         meta.setdefault("ort_error", f"{type(exc).__name__}: {_first_line(exc)}")
         return None
+
+
+def _accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    """Share of predicted labels equal to y, rounded to 4 places (every accuracy the bench records)."""
+    return round(float((np.asarray(pred) == y).mean()), 4)
 
 
 def _first_line(exc: BaseException | str) -> str:
@@ -270,8 +275,7 @@ def _torch_train(make, data, pp, epochs=12):
     model.eval()
     with torch.no_grad():
         xt = torch.from_numpy(preprocess(data["test"]["x"], pp, "NCHW"))
-        acc = float((model(xt).argmax(1).numpy() == data["test"]["y"]).mean())
-    return model, round(acc, 4)
+        return model, _accuracy(model(xt).argmax(1).numpy(), data["test"]["y"])
 
 
 def _build_torch(zoo: Zoo, plan, export, meta: dict) -> None:
@@ -338,7 +342,7 @@ def build_skl2onnx(zoo: Zoo) -> None:
     x = preprocess(zoo.data["train"]["x"], pp, "NF")
     xt = preprocess(zoo.data["test"]["x"], pp, "NF")
     clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=200, random_state=SEED).fit(x, zoo.data["train"]["y"])
-    acc = round(float((clf.predict(xt) == zoo.data["test"]["y"]).mean()), 4)
+    acc = _accuracy(clf.predict(xt), zoo.data["test"]["y"])
     for name, options in (("skl2onnx-mlp-zipmap", None), ("skl2onnx-mlp-nozipmap", {id(clf): {"zipmap": False}})):
         if not zoo.wanted(name):
             continue
@@ -408,8 +412,7 @@ def _keras_train(keras, make, layout, data, pp, epochs=15):
     x = preprocess(data["train"]["x"], pp, layout)
     model.fit(x, data["train"]["y"], epochs=epochs, batch_size=32, verbose=0)
     xt = preprocess(data["test"]["x"], pp, layout)
-    acc = float((model.predict(xt, verbose=0).argmax(1) == data["test"]["y"]).mean())
-    return model, round(acc, 4)
+    return model, _accuracy(model.predict(xt, verbose=0).argmax(1), data["test"]["y"])
 
 
 def build_tf2onnx(zoo: Zoo) -> None:
@@ -532,7 +535,7 @@ def build_jax2onnx(zoo: Zoo) -> None:
                     lambda p_, a, b, s=step: p_ - 3e-3 * (a / (1 - 0.9 ** s)) / (jnp.sqrt(b / (1 - 0.999 ** s)) + 1e-8),
                     params, m, v)
         xt = jnp.asarray(preprocess(zoo.data["test"]["x"], pp, layout))
-        acc = round(float((np.asarray(apply(params, xt, arch)).argmax(1) == zoo.data["test"]["y"]).mean()), 4)
+        acc = _accuracy(np.asarray(apply(params, xt, arch)).argmax(1), zoo.data["test"]["y"])
         frozen = jax.tree_util.tree_map(np.asarray, params)
 
         def export(path, frozen=frozen, arch=arch, layout=layout, opset=opset, name=name):
@@ -605,7 +608,7 @@ def _build_flax_nnx(zoo: Zoo) -> None:
                 step(model, opt, x[idx], y[idx])
         model.eval()
         xt = jnp.asarray(preprocess(zoo.data["test"]["x"], pp, "NHWC"))
-        acc = round(float((np.asarray(model(xt)).argmax(1) == zoo.data["test"]["y"]).mean()), 4)
+        acc = _accuracy(np.asarray(model(xt)).argmax(1), zoo.data["test"]["y"])
 
         def export(path, model=model, opset=opset, name=name):
             onx = jax2onnx.to_onnx(model, [("B", SIDE, SIDE, 1)], model_name=name.replace("-", "_"), opset=opset)
@@ -659,7 +662,7 @@ def build_paddle2onnx(zoo: Zoo) -> None:
                 opt.clear_grad()
         model.eval()
         xt = paddle.to_tensor(preprocess(zoo.data["test"]["x"], pp, "NCHW"))
-        acc = round(float((model(xt).numpy().argmax(1) == zoo.data["test"]["y"]).mean()), 4)
+        acc = _accuracy(model(xt).numpy().argmax(1), zoo.data["test"]["y"])
 
         def export(path, model=model, opset=opset):
             spec = [paddle.static.InputSpec([None, 1, SIDE, SIDE], "float32", "input")]
