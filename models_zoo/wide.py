@@ -478,8 +478,7 @@ def build_draw(draw: Draw, cache_dir: str | Path, *, quiet: bool = True,
     timings.update(train_watermarked_s=wm["train_s"], export_eval_watermarked_s=wm["export_eval_s"])
     t = time.perf_counter()
     pre = draw.preprocess
-    accs = {"test_acc": {"watermarked": wm["test_acc"],
-                         "vanilla": evaluate_onnx(twin_path, data.test.x, data.test.y, pre)},
+    accs = {"test_acc": {"watermarked": wm["test_acc"], "vanilla": twin["test_acc"]},
             "wm_acc": {"watermarked": evaluate_onnx(out / "watermarked.onnx", trig.x, trig.y, pre),
                        "vanilla": evaluate_onnx(twin_path, trig.x, trig.y, pre)}}
     _write_triggers(out / "triggers", trig.x, trig.y)
