@@ -151,7 +151,7 @@ class Draw:
 
     @property
     def trigger_repeats(self) -> int:
-        return max(1, round(self.wm_share * self.n_train / self.n_trigger))
+        return _repeats(self.wm_share, self.n_train, self.n_trigger)
 
     @property
     def subset_size(self) -> int:
@@ -179,6 +179,11 @@ class Draw:
                  subset_size=self.subset_size, twin_key=self.twin_key,
                  preprocess=self.preprocess.to_dict())
         return json.loads(json.dumps(d))     # tuples as lists: what meta.json holds
+
+
+def _repeats(wm_share: float, n_train: int, n_trigger: int) -> int:
+    """How often the trigger set goes into an epoch for its drawn share of the clean rows."""
+    return max(1, round(wm_share * n_train / n_trigger))
 
 
 def _pick(rng: np.random.Generator, items: tuple) -> Any:
@@ -243,7 +248,7 @@ def make_draw(seed: int, size: str = "digits") -> Draw:
     m = _model_draw(rng, size)
     wm = _watermark_draw(rng, size, (m["channels"], m["input_hw"], m["input_hw"]))
     exporter = str(_pick(rng, EXPORTERS))
-    repeats = max(1, round(wm["wm_share"] * m["n_train"] / wm["n_trigger"]))
+    repeats = _repeats(wm["wm_share"], m["n_train"], wm["n_trigger"])
     m["epochs"] = _cap_epochs(m, m["n_train"] + repeats * wm["n_trigger"], size)
     return Draw(seed=seed, size=size, exporter=exporter, **m, **wm)
 
@@ -338,7 +343,7 @@ def _train_export(draw: Draw, data: _Data, trig: TriggerSet | None, path: Path, 
     torch.manual_seed(draw.train_seed)
     model = make_net(draw.arch, draw.channels, draw.input_hw, width=draw.width,
                      blocks=draw.blocks)
-    repeats = max(1, round(draw.wm_share * draw.n_train / len(trig))) if trig else 0
+    repeats = _repeats(draw.wm_share, draw.n_train, len(trig)) if trig else 0
     kind = "watermarked" if trig is not None else "vanilla"
     model = train_classifier(model, data.train.x, data.train.y, _recipe(draw, repeats, threads),
                              trig_x=None if trig is None else trig.x,
