@@ -90,7 +90,9 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 def _write_npz(path: Path, x01: np.ndarray, y: np.ndarray) -> None:
-    u8 = np.round(x01[:, 0] * 255).clip(0, 255).astype(np.uint8)
+    """x uint8 [N, H, W] (grey) or [N, H, W, C], y int64: what ``--data`` reads."""
+    u8 = np.round(x01 * 255).clip(0, 255).astype(np.uint8)
+    u8 = u8[:, 0] if u8.shape[1] == 1 else u8.transpose(0, 2, 3, 1)
     _atomic_write_bytes(path, lambda fh: np.savez_compressed(fh, x=u8, y=y.astype(np.int64)))
 
 

@@ -401,15 +401,6 @@ def _twin(draw: Draw, cache: Path, data: _Data, *, device: str, quiet: bool, thr
         return path, meta, True
 
 
-def _write_u8_npz(path: Path, ds: Dataset) -> None:
-    """x uint8 [N, H, W] (grey) or [N, H, W, C], y int64: what ``--data`` reads."""
-    from .build import _atomic_write_bytes
-
-    u8 = np.clip(np.round(ds.x * 255), 0, 255).astype(np.uint8)
-    u8 = u8[:, 0] if u8.shape[1] == 1 else u8.transpose(0, 2, 3, 1)
-    _atomic_write_bytes(path, lambda fh: np.savez_compressed(fh, x=u8, y=ds.y.astype(np.int64)))
-
-
 def _entry(draw: Draw, out: Path, twin: Path, meta: dict[str, Any], built: bool,
            twin_built: bool) -> WideEntry:
     return WideEntry(draw, out, out / "watermarked.onnx", twin, out / "triggers", out / "data",
@@ -458,7 +449,7 @@ def build_draw(draw: Draw, cache_dir: str | Path, *, quiet: bool = True,
     """Build ``draw`` (and its twin unless cached) under ``cache_dir``; a draw already built
     there is returned as it is (``built`` False). Training uses ``threads`` torch threads
     (1: deterministic for a seed on the CPU)."""
-    from .build import _write_json, _write_triggers
+    from .build import _write_json, _write_npz, _write_triggers
 
     cache = Path(cache_dir)
     out = cache / draw.split / draw.name
@@ -487,9 +478,9 @@ def build_draw(draw: Draw, cache_dir: str | Path, *, quiet: bool = True,
             "wm_acc": {"watermarked": evaluate_onnx(out / "watermarked.onnx", trig.x, trig.y, pre),
                        "vanilla": evaluate_onnx(twin_path, trig.x, trig.y, pre)}}
     _write_triggers(out / "triggers", trig.x, trig.y)
-    _write_u8_npz(out / "data" / "train.npz",
-                  stratified_subset(data.train, draw.subset_size, seed=draw.seed))
-    _write_u8_npz(out / "data" / "test.npz", data.test)
+    sub = stratified_subset(data.train, draw.subset_size, seed=draw.seed)
+    _write_npz(out / "data" / "train.npz", sub.x, sub.y)
+    _write_npz(out / "data" / "test.npz", data.test.x, data.test.y)
     timings.update(eval_write_s=round(time.perf_counter() - t, 3),
                    total_s=round(time.perf_counter() - t0, 3))
     meta = _meta(draw, data, trig, wm, twin, accs, timings)

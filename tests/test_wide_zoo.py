@@ -302,8 +302,9 @@ def test_cli_wide(built, cache, capsys):
 @pytest.mark.shared
 @pytest.mark.parametrize("size", ["mnist", "cifar10"])
 def test_shared_sizes_data_and_triggers(size, tmp_path):
+    from audit.models_zoo.build import _write_npz
     from audit.models_zoo.datasets import default_data_root
-    from audit.models_zoo.wide import _data, _triggers, _write_u8_npz
+    from audit.models_zoo.wide import _data, _triggers
 
     if not (default_data_root() / size).is_dir():
         pytest.skip(f"../shared/data/{size} absent (development machines only)")
@@ -318,7 +319,7 @@ def test_shared_sizes_data_and_triggers(size, tmp_path):
         assert trig.x.shape[1:] == d.input_shape and len(trig) == d.n_trigger
         if d.channels == 3:
             assert np.abs(trig.x[:, 0] - trig.x[:, 1]).max() > 0.1
-        _write_u8_npz(tmp_path / "t.npz", data.test.subset(np.arange(50)))
+        _write_npz(tmp_path / "t.npz", data.test.x[:50], data.test.y[:50])
         back = load_dataset(tmp_path / "t.npz", channels=d.channels, height=d.input_hw,
                             width=d.input_hw)
         assert np.array_equal(back.x, data.test.x[:50]) and np.array_equal(back.y,
