@@ -104,22 +104,28 @@ def portable(obj):
     return obj
 
 
-def write_result(name: str, obj: dict, *, stamp: bool = True) -> Path:
-    """bench/results/<name>, written atomically with portable paths; `stamp` sets `commit`."""
+def write_json(path: Path, obj: dict) -> Path:
+    """``obj`` as JSON at ``path``, written atomically with portable paths (`portable`)."""
     from audit.report import json_default
 
     obj = portable(json.loads(json.dumps(obj, default=json_default)))
-    if stamp:
-        obj = {**obj, "commit": commit()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / name
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=RESULTS)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=json_default)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
-    return out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_result(name: str, obj: dict, *, stamp: bool = True) -> Path:
+    """bench/results/<name>, written atomically with portable paths; `stamp` sets `commit`."""
+    return write_json(RESULTS / name, {**obj, "commit": commit()} if stamp else obj)
 
 
 def update_result(name: str, update) -> Path:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -217,24 +216,6 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Atomic, machine paths made portable (common.portable)."""
-    from audit.report import json_default
-
-    obj = common.portable(json.loads(json.dumps(obj, default=json_default)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def fail(message: str) -> None:
     """Bad input: one line on stderr, exit code 2."""
     print(f"error: {common.portable(message)}", file=sys.stderr)
@@ -331,11 +312,11 @@ def main(argv: list[str] | None = None) -> None:
     def on_row(r: dict) -> None:
         rows[r["name"]] = r
         print(line(r), flush=True)
-        write_json(args.out, document(args, cfg_dict, rows, todo, machine, commit))
+        common.write_json(args.out, document(args, cfg_dict, rows, todo, machine, commit))
 
     _run(left, args, cfg, commit, on_row)
     doc = document(args, cfg_dict, rows, todo, machine, commit)
-    write_json(args.out, doc)
+    common.write_json(args.out, doc)
     print(json.dumps(doc["summary"]["all"]), json.dumps(doc["summary"]["test_drop"]))
     print(f"wrote {common.portable(str(args.out))}")
 
