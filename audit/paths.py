@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,3 +173,20 @@ def check_outputs(outputs: Iterable[Output | None], inputs: Iterable[PathLike | 
                 raise AuditError(f"{b.path}: the {b.what} and the {a.what} {a.path} overlap")
     for out in outs:
         _check_creatable(out)
+
+
+def atomic_write(path: PathLike, write: Callable) -> Path:
+    """Write a file atomically: ``write(fh)`` fills a temporary binary file beside ``path``
+    (mode 0644), which then replaces it; on any error ``path`` is left as it was."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from audit.paths import atomic_write
+
 SCHEMA_VERSION = 1
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=json_default)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    text = json.dumps(obj, indent=2, default=json_default) + "\n"
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def json_default(o):
@@ -43,19 +34,13 @@ def json_default(o):
 
 def write_png(path: str | os.PathLike, img_chw: np.ndarray, min_side: int = 96) -> Path:
     """Save a CHW [0,1] image, enlarged with nearest-neighbour so small triggers stay visible."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     a = np.clip(np.asarray(img_chw), 0, 1)
     a = (a * 255 + 0.5).astype(np.uint8)
     im = Image.fromarray(a[0], "L") if a.shape[0] == 1 else Image.fromarray(a[:3].transpose(1, 2, 0))
     factor = max(1, -(-min_side // max(im.size)))
     if factor > 1:
         im = im.resize((im.size[0] * factor, im.size[1] * factor), Image.NEAREST)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=p.parent)
-    os.close(fd)
-    im.save(tmp, format="PNG")
-    os.replace(tmp, p)
-    return p
+    return atomic_write(path, lambda fh: im.save(fh, format="PNG"))
 
 
 def write_recovery_pngs(folder: str | os.PathLike, rec, example: np.ndarray | None) -> list[str]:

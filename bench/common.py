@@ -106,21 +106,12 @@ def portable(obj):
 
 def write_json(path: Path, obj: dict) -> Path:
     """``obj`` as JSON at ``path``, written atomically with portable paths (`portable`)."""
+    from audit.paths import atomic_write
     from audit.report import json_default
 
     obj = portable(json.loads(json.dumps(obj, default=json_default)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    text = json.dumps(obj, indent=2) + "\n"
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def write_result(name: str, obj: dict, *, stamp: bool = True) -> Path:

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 
 from audit.data import Preprocess
 from audit.errors import AuditError
+from audit.paths import atomic_write
 
 from .architectures import ARCHITECTURES
 from .datasets import DATASETS, load_clean
@@ -72,28 +72,16 @@ class ZooEntry:
     meta: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    _atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _write_npz(path: Path, x01: np.ndarray, y: np.ndarray) -> None:
     """x uint8 [N, H, W] (grey) or [N, H, W, C], y int64: what ``--data`` reads."""
     u8 = np.round(x01 * 255).clip(0, 255).astype(np.uint8)
     u8 = u8[:, 0] if u8.shape[1] == 1 else u8.transpose(0, 2, 3, 1)
-    _atomic_write_bytes(path, lambda fh: np.savez_compressed(fh, x=u8, y=y.astype(np.int64)))
+    atomic_write(path, lambda fh: np.savez_compressed(fh, x=u8, y=y.astype(np.int64)))
 
 
 def _write_triggers(path: Path, x01: np.ndarray, y: np.ndarray) -> None:
