@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
@@ -25,6 +26,7 @@ except ModuleNotFoundError:   # Python 3.10
     import tomli as tomllib
 
 from audit.errors import AuditError
+from audit.settings import RETIRED
 
 
 def _fields(cls) -> dict[str, tuple[dataclasses.Field, object]]:
@@ -229,12 +231,28 @@ def _check(v, tp, meta: dict):
     return v
 
 
+def _check_retired(name: str, value, where: str) -> None:
+    """A former setting named in a TOML file: accepted at the value it is fixed at."""
+    fixed = RETIRED[name]
+    same = (list(value) == list(fixed) if isinstance(fixed, tuple) and isinstance(value, list)
+            else type(value) is type(fixed) and value == fixed
+            or isinstance(fixed, float) and isinstance(value, int) and not isinstance(value, bool)
+            and float(value) == fixed)
+    if not same:
+        shown = list(fixed) if isinstance(fixed, tuple) else fixed
+        raise AuditError(f"{where}: {name} is no longer a setting: it is fixed at "
+                         f"{json.dumps(shown)} (docs/method.md, Constants)")
+
+
 def _read(cls, table: dict, prefix: str, where: str) -> dict[str, object]:
     """Dotted path -> checked value of every key of table (a cls table)."""
     known = _fields(cls)
     out: dict[str, object] = {}
     for key, value in table.items():
         name = f"{prefix}{key}"
+        if key not in known and name in RETIRED:
+            _check_retired(name, value, where)
+            continue
         if key not in known:
             keys = [f"{prefix}{k}" for k in known]
             close = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)

@@ -158,14 +158,14 @@ class LaunderState:
     """What carries over from one round to the next."""
 
     keep: ResetMask = field(default_factory=ResetMask)
-    # classes flagged (or unlearnt, with keep_used_triggers) in any round
+    # classes flagged or unlearnt in any round
     suspects: set[int] = field(default_factory=set)
     # a class other than the sink flagged in some round
     backdoor_seen: bool = False
     # classes Neural Cleanse flagged in any round
     flagged: set[int] = field(default_factory=set)
     triggers: dict[int, Trigger] = field(default_factory=dict)
-    # round 1's A_diff cutoff per layer (anchor_thresholds)
+    # round 1's A_diff cutoff per layer: later rounds reset a unit only above it too
     first_cutoffs: dict[str, float] = field(default_factory=dict)
     # round 1's least likely infected class
     least_likely: int | None = None
@@ -344,12 +344,14 @@ class Launderer:
         st.backdoor_seen = st.backdoor_seen or any(c != st.sink for c in rec.flagged)
         # nothing flagged: the most likely class's trigger still drives a reset, and the
         # retraining's out-of-distribution term works on watermarks Neural Cleanse cannot see;
-        # with keep_used_triggers that class then stays a suspect like a flagged one
+        # that class then stays a suspect like a flagged one, stamped in every later round, so
+        # that a partly unlearnt watermark does not creep back
         work.used = sorted(st.suspects) or [rec.most_likely]
-        if cfg.keep_used_triggers:
-            st.suspects.update(work.used)
+        st.suspects.update(work.used)
+        # a suspect's trigger is the smallest recovered for it in any round: once a round
+        # unlearnt a backdoor, that class's new recovery is an ordinary (large) trigger
         for c in work.used:
-            if c not in st.triggers or not cfg.keep_smallest_trigger or rec.norms[c] < st.triggers[c].norm:
+            if c not in st.triggers or rec.norms[c] < st.triggers[c].norm:
                 st.triggers[c] = Trigger(float(rec.norms[c]), rec.masks[c], rec.patterns[c])
         self._stamp(work)
         return True
@@ -375,7 +377,9 @@ class Launderer:
         for layer in self.targets:
             adiff = stamp_mean[layer.name] - clean_mean[layer.name]
             thr = self.conv_t if layer.op == "Conv" else self.dense_t
-            floor = st.first_cutoffs.get(layer.name) if self.cfg.anchor_thresholds else None
+            # relative thresholds (z:, top:) always select someone: after round 1 a unit must
+            # also exceed round 1's cutoff for its layer
+            floor = st.first_cutoffs.get(layer.name)
             units = thr.select(adiff, floor)
             work.cutoffs[layer.name] = thr.cutoff(adiff, floor)
             st.first_cutoffs.setdefault(layer.name, work.cutoffs[layer.name])

@@ -3,11 +3,12 @@
 For every class t a mask m_t (one channel, [0,1]) and a pattern p_t ([0,1], image channels)
 are optimised so that (1 - m_t) * x + m_t * p_t is classified as t, minimising
 CE + lambda_t * |m_t|_1. lambda_t follows Neural Cleanse's schedule (Wang et al. 2019,
-bolunwang/backdoor): start at ``init_cost``; after ``patience`` epochs with attack success
->= threshold multiply by ``cost_up``, after ``patience`` epochs below it divide by
-``cost_down``; stop a class ``early_stop_patience`` epochs after its best norm stopped
-improving, once lambda has moved both ways. All classes share one batched forward pass
-(K x B images), in chunks of ``class_chunk`` classes for large K.
+bolunwang/backdoor; its constants are audit.settings.NCSchedule's): start at ``init_cost``;
+after ``patience`` epochs with attack success >= threshold multiply by ``cost_up``, after
+``patience`` epochs below it divide by ``cost_down``; stop a class ``early_stop_patience``
+epochs after its best norm stopped improving, once lambda has moved both ways. All classes
+share one batched forward pass (K x B images), in chunks of ``class_chunk`` classes for large
+K.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from audit.settings import NCConfig
+from audit.settings import NC_SCHEDULE, NCConfig, NCSchedule
 
 log = logging.getLogger(__name__)
 MAD_CONSTANT = 1.4826
@@ -145,12 +146,14 @@ class CostSchedule:
     by ``cost_up``; after ``patience`` epochs below it, divided by ``cost_down``. A class stops
     ``early_stop_patience`` epochs after its best norm last improved by 1 - early_stop_threshold,
     once lambda has moved both ways. A lambda of 0 that keeps succeeding for ``patience``
-    epochs is restarted at ``init_cost``.
+    epochs is restarted at ``init_cost``. The constants are ``schedule``'s; ``early_stop``
+    is NCConfig's.
     """
 
-    def __init__(self, cfg: NCConfig, k: int) -> None:
-        self.cfg = cfg
-        self.cost = np.full(k, cfg.init_cost)
+    def __init__(self, k: int, early_stop: bool = True,
+                 schedule: NCSchedule = NC_SCHEDULE) -> None:
+        self.cfg, self.early_stop = schedule, early_stop
+        self.cost = np.full(k, schedule.init_cost)
         self.up_cnt = np.zeros(k, int)
         self.down_cnt = np.zeros(k, int)
         self.up_flag = np.zeros(k, bool)
@@ -167,7 +170,7 @@ class CostSchedule:
         improved = success >= self.cfg.attack_threshold and norm < self.best_norm[j]
         if improved:
             self.best_norm[j] = norm
-        if self.cfg.early_stop and np.isfinite(self.best_norm[j]):
+        if self.early_stop and np.isfinite(self.best_norm[j]):
             self._early_stop(j)
         self._move_cost(j, success)
         return bool(improved)
@@ -222,7 +225,8 @@ class _ChunkTriggers:
         init_p = torch.rand((k, c, h, w), generator=gen) * 0.98 + 0.01
         self.mask_raw = torch.atanh((init_m - 0.5) * 2).to(device).requires_grad_(True)
         self.pat_raw = torch.atanh((init_p - 0.5) * 2).to(device).requires_grad_(True)
-        self.opt = torch.optim.Adam([self.mask_raw, self.pat_raw], lr=cfg.lr, betas=cfg.betas)
+        self.opt = torch.optim.Adam([self.mask_raw, self.pat_raw], lr=cfg.lr,
+                                    betas=NC_SCHEDULE.betas)
         self.target = torch.tensor(chunk).to(device)
         self.bs = min(cfg.batch_size, n)
         self.steps = max(1, min(cfg.steps_per_epoch, math.ceil(n / self.bs)))
@@ -265,7 +269,7 @@ def _recover_chunk(forward, data: torch.Tensor, chunk: list[int], cfg: NCConfig,
     k = len(chunk)
     n, c, h, w = data.shape
     trig = _ChunkTriggers(forward, data, chunk, cfg, gen, device)
-    sched = CostSchedule(cfg, k)
+    sched = CostSchedule(k, cfg.early_stop)
     best_mask = np.zeros((k, 1, h, w), np.float32)
     best_pat = np.zeros((k, c, h, w), np.float32)
     best_succ = np.zeros(k)

@@ -35,21 +35,8 @@ class NCConfig:
     steps_per_epoch: int = setting(8, "Neural Cleanse optimisation steps per epoch.", min=1)
     batch_size: int = setting(32, "Clean images per class per step.", min=1)
     lr: float = setting(0.1, "Adam learning rate of the masks and patterns.", min=0, min_open=True)
-    betas: tuple[float, float] = setting((0.5, 0.9), "Adam betas.", min=0, max=1, max_open=True)
-    init_cost: float = setting(1e-3, "Initial weight lambda of the mask's L1 norm.", min=0)
-    cost_up: float = setting(2.0, "lambda is multiplied by this after `patience` successful "
-                             "epochs.", min=1)
-    cost_down: float = setting(2.0 ** 1.5, "lambda is divided by this after `patience` "
-                               "unsuccessful epochs.", min=1)
-    patience: int = setting(5, "Epochs before lambda moves.", min=1)
-    attack_threshold: float = setting(0.99, "Attack success that counts as successful.",
-                                      min=0, max=1)
     early_stop: bool = setting(True, "Stop a class once its best norm stops improving (and "
                                "lambda has moved both ways).")
-    early_stop_threshold: float = setting(0.99, "A norm improves when it falls below this "
-                                          "share of the best one.", min=0, max=1)
-    early_stop_patience: int = setting(25, "Epochs without improvement before a class stops.",
-                                       min=1)
     # None: 4 on the CPU (measured fastest on 2 cores: larger batches leave the cache; see
     # README), 32 on CUDA
     class_chunk: int | None = setting(None, "Classes per forward pass; auto: 4 on the CPU, 32 "
@@ -59,7 +46,28 @@ class NCConfig:
                                  choices=ANOMALY_SCALES)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings, and under "schedule" the constants of NC_SCHEDULE they run with."""
+        return {**asdict(self), "schedule": asdict(NC_SCHEDULE)}
+
+
+@dataclass(frozen=True)
+class NCSchedule:
+    """Neural Cleanse's schedule of lambda and of its optimiser, fixed at the values of its
+    reference implementation (Wang et al. 2019, bolunwang/backdoor): they pace each class's
+    search; what laundering finds is tuned through the settings (epochs, steps, lr), not
+    these. audit.nc.CostSchedule takes another instance only in tests."""
+
+    init_cost: float = 1e-3          # lambda at the start, and after a restart from 0
+    cost_up: float = 2.0             # lambda x this after `patience` successful epochs
+    cost_down: float = 2.0 ** 1.5    # lambda / this after `patience` unsuccessful epochs
+    patience: int = 5                # epochs before lambda moves
+    attack_threshold: float = 0.99   # attack success that counts as successful
+    early_stop_threshold: float = 0.99   # a norm improves below this share of the best one
+    early_stop_patience: int = 25    # epochs without improvement before a class stops
+    betas: tuple[float, float] = (0.5, 0.9)   # Adam's, on the masks and patterns
+
+
+NC_SCHEDULE = NCSchedule()
 
 
 @dataclass(frozen=True)
@@ -121,17 +129,6 @@ class LaunderConfig:
                                   "trigger grown by this many pixels (its colours extended): a "
                                   "backdoor unlearnt on the core of its trigger alone may still "
                                   "fire.", min=0, max=8)
-    keep_smallest_trigger: bool = setting(True, "A suspect's trigger is the smallest one "
-                                          "recovered for it in any round: once a round unlearnt "
-                                          "a backdoor, that class's new recovery is an ordinary "
-                                          "(large) trigger.")
-    keep_used_triggers: bool = setting(True, "A class whose trigger a round unlearnt (flagged, "
-                                       "or the most likely one when nothing is flagged) stays a "
-                                       "suspect, stamped in every later round, so that a partly "
-                                       "unlearnt watermark does not creep back.")
-    anchor_thresholds: bool = setting(True, "After round 1 a unit is reset only if its A_diff "
-                                      "also exceeds round 1's cutoff for its layer: relative "
-                                      "thresholds (z:, top:) always select someone.")
     # While nothing is flagged, the watermark (if any) is one Neural Cleanse cannot see and
     # only the out-of-distribution term removes it: a strong pull towards the original model
     # would keep it, so the base weight stays
@@ -160,7 +157,8 @@ class LaunderConfig:
     device: str = setting("auto", "Where onnxruntime and torch run: auto, cpu or cuda.")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every effective value: the settings, and the Neural Cleanse constants (nc.schedule)."""
+        return {**asdict(self), "nc": self.nc.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -177,3 +175,13 @@ class DetectConfig:
     def nc(self, **changes) -> NCConfig:
         """The Neural Cleanse settings of detection: NCConfig's, on this anomaly scale."""
         return NCConfig(anomaly_scale=self.anomaly_scale, **changes)
+
+
+#: former settings, now constants of the method: dotted key -> the value they are fixed at.
+#: A --config file may still name one with that value (an older file keeps loading); any other
+#: value is refused in one line. Why each is fixed: docs/method.md, "Constants".
+RETIRED: dict[str, object] = {
+    **{f"nc.{k}": v for k, v in asdict(NC_SCHEDULE).items()},
+    # parts of laundering that are always on (audit.launder.Launderer.recover / reset)
+    "keep_smallest_trigger": True, "keep_used_triggers": True, "anchor_thresholds": True,
+}

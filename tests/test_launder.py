@@ -144,9 +144,11 @@ def test_report_schema(zoo, laundered):
     assert p["rounds"] == 2 and p["seed"] == 0
     assert p["dense_threshold"] == "z:2.0" and p["conv_threshold"] == "z:2.0"
     nc = p["nc"]
-    for key in ("epochs", "steps_per_epoch", "batch_size", "lr", "betas", "init_cost", "cost_up",
-                "cost_down", "patience", "attack_threshold", "early_stop", "early_stop_patience"):
+    for key in ("epochs", "steps_per_epoch", "batch_size", "lr", "early_stop"):
         assert key in nc, key
+    for key in ("betas", "init_cost", "cost_up", "cost_down", "patience", "attack_threshold",
+                "early_stop_threshold", "early_stop_patience"):    # constants, recorded too
+        assert key in nc["schedule"], key
     assert nc["epochs"] == 20
     assert {"epochs", "lr", "batch_size", "distill", "augment"} <= set(p["retrain"])
     assert r["preprocess"] == PP.to_dict()
@@ -629,13 +631,13 @@ def stub_launder(tmp_path, monkeypatch) -> dict:
 CONFIG_TOML = """\
 rounds = 2
 ood_share = 0.25
-keep_used_triggers = false
+keep_used_triggers = true
 layers = "second-half"
 
 [nc]
 epochs = 7
-init_cost = 0.002
-betas = [0.6, 0.95]
+lr = 0.05
+betas = [0.5, 0.9]
 
 [retrain]
 lr = 3e-4
@@ -658,9 +660,11 @@ def test_config_file_sets_the_parameters_in_the_report(stub_launder, tmp_path, c
     assert rc == 0, err
     p = json.loads((stub_launder["report"] / "report.json").read_text())["parameters"]
     assert p == json.loads(json.dumps(stub_launder["seen"]["cfg"].to_dict()))
-    assert (p["rounds"], p["ood_share"], p["keep_used_triggers"], p["layers"]) == \
-        (2, 0.25, False, "second-half")
-    assert (p["nc"]["epochs"], p["nc"]["init_cost"], p["nc"]["betas"]) == (7, 0.002, [0.6, 0.95])
+    assert (p["rounds"], p["ood_share"], p["layers"]) == (2, 0.25, "second-half")
+    assert (p["nc"]["epochs"], p["nc"]["lr"]) == (7, 0.05)
+    # former settings named at the value they are fixed at load, and the report records them
+    assert "keep_used_triggers" not in p and "betas" not in p["nc"]
+    assert p["nc"]["schedule"]["betas"] == [0.5, 0.9] and p["nc"]["schedule"]["patience"] == 5
     assert (p["retrain"]["lr"], p["retrain"]["ema"], p["retrain"]["augment"]) == (3e-4, 0.0, True)
     assert isinstance(p["retrain"]["ema"], float)
     # every key the file did not name keeps its default
@@ -678,7 +682,7 @@ def test_flags_override_the_config_file_and_hidden_flags_still_work(stub_launder
     cfg = stub_launder["seen"]["cfg"]
     assert (cfg.rounds, cfg.nc.epochs, cfg.retrain.augment, cfg.retrain.lr, cfg.seed) == \
         (3, 9, False, None, 5)
-    assert cfg.ood_share == 0.25 and cfg.nc.init_cost == 0.002   # from the file
+    assert cfg.ood_share == 0.25 and cfg.nc.lr == 0.05   # from the file
     # every hidden flag of the earlier CLI, without a file
     rc, _, err = _launder_stub(capsys, stub_launder, "--no-early-stop", "--batch-size", "16",
                                "--distill", "0", "--flagged-distill-scale", "2", "--shrink", "1",
@@ -709,6 +713,10 @@ BAD_CONFIGS = {  # case -> (file text, expected fragments of the one error line)
     "not_finite": ("ood_share = nan\n", ["ood_share", "finite"]),
     "bad_toml": ("rounds = \n", ["not valid TOML"]),
     "bad_threshold": ('dense_threshold = "bogus"\n', ["bad threshold", "bogus"]),
+    "retired_other_value": ("[nc]\ninit_cost = 0.002\n", ["nc.init_cost", "no longer a setting",
+                                                          "fixed at 0.001"]),
+    "retired_bool": ("anchor_thresholds = false\n", ["anchor_thresholds", "fixed at true"]),
+    "retired_pair": ("[nc]\nbetas = [0.6, 0.95]\n", ["nc.betas", "fixed at [0.5, 0.9]"]),
 }
 
 
@@ -750,6 +758,12 @@ def test_settings_are_frozen_documented_and_detect_keeps_its_own_scale():
     with pytest.raises(dataclasses.FrozenInstanceError):
         LaunderConfig().rounds = 5
     assert "retrain.ema" in toml_keys(LaunderConfig) and "nc.anomaly_scale" in toml_keys(LaunderConfig)
+    # former settings are constants: not settable, each at the value the code runs with
+    from audit.settings import NC_SCHEDULE, RETIRED
+
+    keys = toml_keys(LaunderConfig)
+    assert not set(RETIRED) & set(keys) and len(keys) == 28
+    assert all(RETIRED[f"nc.{k}"] == v for k, v in dataclasses.asdict(NC_SCHEDULE).items())
     assert NCConfig().anomaly_scale == "l1" and DetectConfig().nc().anomaly_scale == "log"
     sig = inspect.signature(api.detect).parameters
     assert sig["seed"].default == DetectConfig().seed
