@@ -31,7 +31,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +39,6 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-ACCEPT = {"wm_margin": 0.02, "alpha": 0.01}
 SIZES = ("digits", "mnist", "cifar10")
 
 
@@ -91,20 +89,6 @@ def _init_worker() -> None:
     common.set_threads(1)
 
 
-def _verdict(v) -> dict:
-    return {"demonstrated": v.demonstrated, "p_value": v.p_value, "hits": v.hits, "n": v.n,
-            "watermark_accuracy": v.watermark_accuracy, "null_rate": v.null_rate}
-
-
-def _launder_figures(res, seconds: float) -> dict:
-    return {"rounds": len(res.rounds), "best_round": res.best_round,
-            "stop_reason": res.stop_reason,
-            "flagged": [r.recovery.get("flagged", []) for r in res.rounds],
-            "units_reset": [int(sum(r.units_reset.values())) for r in res.rounds],
-            "subset_accuracy_before": res.subset_accuracy_before,
-            "subset_accuracy_after": res.subset_accuracy_after, "seconds": round(seconds, 1)}
-
-
 def _mark_summary(d: dict) -> str:
     if d["mark"]:
         m = d["mark"]
@@ -121,38 +105,11 @@ def _mark_summary(d: dict) -> str:
     return f"abstract {d['abstract']['source']}"
 
 
-def _measure(entry, cfg, work: Path) -> dict:
-    """Launder the entry's watermarked model; accuracies and verdicts before / after."""
-    from audit import api
-    from audit.data import Preprocess, load_dataset
-    from audit.models_zoo.train import evaluate_onnx
-
-    meta, d = entry.meta, entry.draw
-    geo = {"channels": d.channels, "height": d.input_hw, "width": d.input_hw, "num_classes": 10}
-    trig = load_dataset(entry.triggers, **geo)
-    sub = load_dataset(entry.data_dir / "train.npz", **geo)
-    test = load_dataset(entry.data_dir / "test.npz", **geo)
-    pp = Preprocess(**meta["preprocess"])
-    wm, van, out = entry.watermarked, entry.vanilla, work / "laundered.onnx"
-    acc = lambda path, ds: evaluate_onnx(path, ds.x, ds.y, pp)
-    verify = lambda path: api.verify(path, trig, vanilla=van, alpha=ACCEPT["alpha"],
-                                     preprocess=pp, device="cpu")
-    t = time.perf_counter()
-    res = api.launder(wm, sub, out, preprocess=pp, config=cfg, device="cpu")
-    seconds = time.perf_counter() - t
-    return {"wm_acc_before": acc(wm, trig), "wm_acc_after": acc(out, trig),
-            "vanilla_wm_acc": acc(van, trig), "test_acc_before": acc(wm, test),
-            "test_acc_after": acc(out, test), "vanilla_test_acc": acc(van, test),
-            "verify_before": _verdict(verify(wm)), "verify_after": _verdict(verify(out)),
-            "subset_size": len(sub), "n_trigger": len(trig), "n_test": len(test),
-            "launder": _launder_figures(res, seconds)}
-
-
 def run_draw(size: str, seed: int, zoo: str, cfg, commit: str) -> dict:
     """Build (cached) and launder one draw; a failure is a row with its one-line error.
     ``commit``: the code's commit when the run started (what the process runs)."""
     from audit.errors import one_line
-    from audit.models_zoo.wide import build_draw, make_draw
+    from audit.models_zoo.wide import launder_draw, make_draw
 
     common.set_threads(1)
     d = make_draw(seed, size)
@@ -162,25 +119,14 @@ def run_draw(size: str, seed: int, zoo: str, cfg, commit: str) -> dict:
            "target": d.target, "watermark": _mark_summary(dd), "draw": dd, "error": None}
     t = time.perf_counter()
     try:
-        entry = build_draw(d, zoo)
-        row.update(zoo_built_now=entry.built, build_s=entry.meta["timings"]["total_s"])
-        with tempfile.TemporaryDirectory(prefix="audit-bench-wide-") as tmp:
-            row.update(_measure(entry, cfg, Path(tmp)))
+        row.update(launder_draw(d, zoo, cfg))
     except Exception as exc:   # recorded, the other draws go on
         row["error"] = f"{type(exc).__name__}: {one_line(str(exc))}"
         row["pass"] = False
         row.update(wall_s=round(time.perf_counter() - t, 1), commit=commit)
         return row
-    row.update(_judge(row), wall_s=round(time.perf_counter() - t, 1), commit=commit)
+    row.update(wall_s=round(time.perf_counter() - t, 1), commit=commit)
     return row
-
-
-def _judge(r: dict) -> dict:
-    pass_wm = r["wm_acc_after"] <= r["vanilla_wm_acc"] + ACCEPT["wm_margin"]
-    not_dem = not r["verify_after"]["demonstrated"]
-    return {"test_drop": round(r["test_acc_before"] - r["test_acc_after"], 4),
-            "embedded": bool(r["verify_before"]["demonstrated"]), "pass_wm": pass_wm,
-            "not_demonstrated": not_dem, "pass": bool(pass_wm and not_dem)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,6 +185,8 @@ def previous_rows(args: argparse.Namespace, cfg_dict: dict) -> dict[str, dict]:
 
 def document(args, cfg_dict: dict, rows: dict[str, dict], todo: list, machine: dict,
              commit: str) -> dict:
+    from audit.models_zoo.wide import ACCEPT
+
     ordered = sorted(rows.values(), key=lambda r: (SIZES.index(r["size"]), r["seed"]))
     return {
         "what": "wide zoo: randomised watermarked models (models_zoo/wide.py) laundered with "

@@ -61,14 +61,17 @@ from .wide_marks import (
 )
 from .wide_nets import ARCHS, make_net
 
-__all__ = ["BUDGET_S", "COST_MS", "SIZES", "SPLITS", "Draw", "WideEntry", "build_draw",
-           "draws", "make_draw"]
+__all__ = ["ACCEPT", "BUDGET_S", "COST_MS", "SIZES", "SPLITS", "Draw", "WideEntry",
+           "build_draw", "draws", "judge", "launder_draw", "launder_entry", "make_draw"]
 
 log = logging.getLogger(__name__)
 
 SIZES = ("digits", "mnist", "cifar10")
 SPLITS = {"dev": (0, 1000), "heldout": (1000, 2**31)}    # seed ranges [first, end)
 EXPORTERS = ("torchscript", "dynamo")
+# a laundered draw passes when its watermark is not demonstrated (`audit verify`'s binomial
+# test against the twin at alpha) and its watermark accuracy is at most the twin's + wm_margin
+ACCEPT = {"wm_margin": 0.02, "alpha": 0.01}
 NORMS = {"unit": Preprocess(scale=1 / 255, mean=(0.0,), std=(1.0,)),
          "centred": Preprocess(scale=1 / 255, mean=(0.5,), std=(0.5,))}
 
@@ -488,3 +491,80 @@ def build_draw(draw: Draw, cache_dir: str | Path, *, quiet: bool = True,
     log.info("%s: test %s wm %s (%.1f s)", draw.name, accs["test_acc"], accs["wm_acc"],
              timings["total_s"])
     return _entry(draw, out, twin_path, meta, True, twin_built)
+
+
+# ------------------------------------------------------------------------------------------
+# laundering a draw and judging it
+
+
+def _verdict(v) -> dict[str, Any]:
+    return {"demonstrated": v.demonstrated, "p_value": v.p_value, "hits": v.hits, "n": v.n,
+            "watermark_accuracy": v.watermark_accuracy, "null_rate": v.null_rate}
+
+
+def _launder_figures(res, seconds: float) -> dict[str, Any]:
+    return {"rounds": len(res.rounds), "best_round": res.best_round,
+            "stop_reason": res.stop_reason,
+            "flagged": [r.recovery.get("flagged", []) for r in res.rounds],
+            "units_reset": [int(sum(r.units_reset.values())) for r in res.rounds],
+            "subset_accuracy_before": res.subset_accuracy_before,
+            "subset_accuracy_after": res.subset_accuracy_after, "seconds": round(seconds, 1)}
+
+
+def launder_entry(entry: WideEntry, cfg, out: str | Path) -> dict[str, Any]:
+    """Launder a built draw's watermarked model to ``out`` with LaunderConfig ``cfg`` (on
+    ``cfg.device``) from its stratified subset; watermark and test accuracy (onnxruntime) and
+    `audit verify`'s verdict against the twin, before and after, and what laundering did."""
+    from audit import api
+    from audit.data import load_dataset
+
+    d = entry.draw
+    geo = {"channels": d.channels, "height": d.input_hw, "width": d.input_hw, "num_classes": 10}
+    trig = load_dataset(entry.triggers, **geo)
+    sub = load_dataset(entry.data_dir / "train.npz", **geo)
+    test = load_dataset(entry.data_dir / "test.npz", **geo)
+    pp = Preprocess(**entry.meta["preprocess"])
+    wm, van, out = entry.watermarked, entry.vanilla, Path(out)
+    acc = lambda path, ds: evaluate_onnx(path, ds.x, ds.y, pp)     # noqa: E731
+    verify = lambda path: api.verify(path, trig, vanilla=van, alpha=ACCEPT["alpha"],  # noqa: E731
+                                     preprocess=pp, device=cfg.device)
+    t = time.perf_counter()
+    res = api.launder(wm, sub, out, preprocess=pp, config=cfg, device=cfg.device)
+    seconds = time.perf_counter() - t
+    return {"wm_acc_before": acc(wm, trig), "wm_acc_after": acc(out, trig),
+            "vanilla_wm_acc": acc(van, trig), "test_acc_before": acc(wm, test),
+            "test_acc_after": acc(out, test), "vanilla_test_acc": acc(van, test),
+            "verify_before": _verdict(verify(wm)), "verify_after": _verdict(verify(out)),
+            "subset_size": len(sub), "n_trigger": len(trig), "n_test": len(test),
+            "launder": _launder_figures(res, seconds)}
+
+
+def judge(r: dict[str, Any]) -> dict[str, Any]:
+    """The verdict on launder_entry's figures: test-accuracy drop, whether the watermark had
+    embedded (the watermarked model demonstrates it), and pass (ACCEPT)."""
+    pass_wm = r["wm_acc_after"] <= r["vanilla_wm_acc"] + ACCEPT["wm_margin"]
+    not_dem = not r["verify_after"]["demonstrated"]
+    return {"test_drop": round(r["test_acc_before"] - r["test_acc_after"], 4),
+            "embedded": bool(r["verify_before"]["demonstrated"]), "pass_wm": pass_wm,
+            "not_demonstrated": not_dem, "pass": bool(pass_wm and not_dem)}
+
+
+def launder_draw(draw: Draw, cache_dir: str | Path, cfg) -> dict[str, Any]:
+    """Build ``draw`` (cached under ``cache_dir``), launder it with ``cfg`` into a temporary
+    folder, and judge it: launder_entry's figures, judge's verdict, and whether the build was
+    done now (``zoo_built_now``, ``build_s``). Runs with one torch thread (a worker process's
+    whole machine share; deterministic on the CPU)."""
+    import tempfile
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        entry = build_draw(draw, cache_dir)
+        row: dict[str, Any] = {"zoo_built_now": entry.built,
+                               "build_s": entry.meta["timings"]["total_s"]}
+        with tempfile.TemporaryDirectory(prefix="audit-wide-") as tmp:
+            row.update(launder_entry(entry, cfg, Path(tmp) / "laundered.onnx"))
+    finally:
+        torch.set_num_threads(before)
+    row.update(judge(row))
+    return row
