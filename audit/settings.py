@@ -149,7 +149,7 @@ class LaunderConfig:
                             "retrains from the layers' weights multiplied by this, so that "
                             "memorised images it cannot see fade (abstract-image watermarks; see "
                             "README). 1 = off.", min=0, max=1, min_open=True)
-    unlearn_eps: float = setting(0.0, "L-infinity budget (in [0,1] pixel units) of the universal "
+    unlearn_eps: float = setting(0.4, "L-infinity budget (in [0,1] pixel units) of the universal "
                                  "perturbation that, with a growing patch trigger, chases each "
                                  "suspect's watermark while retraining (audit.unlearn). 0 = off.",
                                  min=0, max=1)
