@@ -1,0 +1,74 @@
+"""Laundering with the default settings on dev-split draws of the wide zoo (models_zoo/wide.py).
+
+One draw per scheme from the dev split (seeds 0-999, where the defaults are tuned), the
+cheapest to launder among those the defaults pass in bench/results/wide_zoo_dev.json; for
+content, among marks other than the checkerboard on a BatchNorm net. They guard against
+regressions; the pass rates over the splits are the bench's (held out:
+bench/results/wide_zoo.json). Each draw is built, laundered with LaunderConfig's defaults and
+judged as bench/wide_zoo.py judges it: the watermark is not demonstrated (`audit verify`
+against the twin, alpha 0.01), its accuracy is at most the twin's + 2 points, and the test
+accuracy drops by at most 2 points (median over the draws at most 1).
+
+The four draws run in two worker processes (one torch thread each; deterministic on the CPU).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from audit.models_zoo.wide import ACCEPT, launder_draw, make_draw
+from audit.settings import LaunderConfig
+
+pytestmark = pytest.mark.slow
+
+SEEDS = {"content": 13, "noise": 10, "unrelated": 0, "adi": 26}
+MAX_DROP, MAX_MEDIAN_DROP = 0.02, 0.01
+
+
+def test_draws_cover_the_kinds_asked_for():
+    """Every scheme, a content mark other than the checkerboard on a BatchNorm net, both input
+    sizes (native 8x8 and upsampled), both exporters."""
+    draws = {k: make_draw(s) for k, s in SEEDS.items()}
+    assert all(d.scheme == k and d.split == "dev" for k, d in draws.items())
+    content = draws["content"]
+    assert content.arch == "bncnn" and content.mark.kind != "checkerboard"
+    assert {d.input_hw for d in draws.values()} == {8, 16}
+    assert {d.exporter for d in draws.values()} == {"torchscript", "dynamo"}
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory) -> dict[str, dict]:
+    cache = tmp_path_factory.mktemp("wide")
+    cfg = LaunderConfig(device="cpu")
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+        futs = {k: pool.submit(launder_draw, make_draw(s), cache, cfg) for k, s in SEEDS.items()}
+        return {k: f.result() for k, f in futs.items()}
+
+
+@pytest.mark.parametrize("scheme", list(SEEDS))
+def test_twin_does_not_carry_the_mark(rows, scheme):
+    r = rows[scheme]
+    assert r["vanilla_wm_acc"] <= 0.5 and r["embedded"] and r["wm_acc_before"] >= 0.9
+
+
+@pytest.mark.parametrize("scheme", list(SEEDS))
+def test_laundered_below_ownership(rows, scheme):
+    r = rows[scheme]
+    assert not r["verify_after"]["demonstrated"], r["verify_after"]
+    assert r["wm_acc_after"] <= r["vanilla_wm_acc"] + ACCEPT["wm_margin"], \
+        (r["wm_acc_after"], r["vanilla_wm_acc"])
+    assert r["pass"]
+
+
+@pytest.mark.parametrize("scheme", list(SEEDS))
+def test_test_accuracy_kept(rows, scheme):
+    r = rows[scheme]
+    assert r["test_drop"] <= MAX_DROP, (r["test_acc_before"], r["test_acc_after"])
+
+
+def test_median_drop(rows):
+    assert statistics.median(r["test_drop"] for r in rows.values()) <= MAX_MEDIAN_DROP
