@@ -234,14 +234,11 @@ def _check(v, tp, meta: dict):
 def _check_retired(name: str, value, where: str) -> None:
     """A former setting named in a TOML file: accepted at the value it is fixed at."""
     fixed = RETIRED[name]
-    same = (list(value) == list(fixed) if isinstance(fixed, tuple) and isinstance(value, list)
-            else type(value) is type(fixed) and value == fixed
-            or isinstance(fixed, float) and isinstance(value, int) and not isinstance(value, bool)
-            and float(value) == fixed)
-    if not same:
-        shown = list(fixed) if isinstance(fixed, tuple) else fixed
+    fixed = list(fixed) if isinstance(fixed, tuple) else fixed     # as TOML writes it
+    # numbers compare by value (2 == 2.0); a boolean only equals a boolean
+    if value != fixed or isinstance(value, bool) != isinstance(fixed, bool):
         raise AuditError(f"{where}: {name} is no longer a setting: it is fixed at "
-                         f"{json.dumps(shown)} (docs/method.md, Constants)")
+                         f"{json.dumps(fixed)} (docs/method.md, Constants)")
 
 
 def _read(cls, table: dict, prefix: str, where: str) -> dict[str, object]:

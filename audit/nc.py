@@ -152,7 +152,7 @@ class CostSchedule:
 
     def __init__(self, k: int, early_stop: bool = True,
                  schedule: NCSchedule = NC_SCHEDULE) -> None:
-        self.cfg, self.early_stop = schedule, early_stop
+        self.schedule, self.early_stop = schedule, early_stop
         self.cost = np.full(k, schedule.init_cost)
         self.up_cnt = np.zeros(k, int)
         self.down_cnt = np.zeros(k, int)
@@ -167,7 +167,7 @@ class CostSchedule:
     def observe(self, j: int, success: float, norm: float) -> bool:
         """Class j's attack success and mask norm after an epoch; True when its trigger is the
         best so far (successful and the smallest)."""
-        improved = success >= self.cfg.attack_threshold and norm < self.best_norm[j]
+        improved = success >= self.schedule.attack_threshold and norm < self.best_norm[j]
         if improved:
             self.best_norm[j] = norm
         if self.early_stop and np.isfinite(self.best_norm[j]):
@@ -176,7 +176,7 @@ class CostSchedule:
         return bool(improved)
 
     def _early_stop(self, j: int) -> None:
-        cfg = self.cfg
+        cfg = self.schedule
         if self.best_norm[j] >= cfg.early_stop_threshold * self.es_best[j]:
             self.es_cnt[j] += 1
         else:
@@ -186,7 +186,7 @@ class CostSchedule:
             self.done[j] = True
 
     def _move_cost(self, j: int, success: float) -> None:
-        cfg = self.cfg
+        cfg = self.schedule
         ok = success >= cfg.attack_threshold
         if self.cost[j] == 0 and ok:
             self.set_cnt[j] += 1

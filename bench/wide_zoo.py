@@ -111,7 +111,6 @@ def run_draw(size: str, seed: int, zoo: str, cfg, commit: str) -> dict:
     from audit.errors import one_line
     from audit.models_zoo.wide import launder_draw, make_draw
 
-    common.set_threads(1)
     d = make_draw(seed, size)
     dd = d.to_dict()
     row = {"name": d.name, "size": size, "seed": seed, "split": d.split, "scheme": d.scheme,

@@ -638,6 +638,7 @@ layers = "second-half"
 epochs = 7
 lr = 0.05
 betas = [0.5, 0.9]
+cost_up = 2
 
 [retrain]
 lr = 3e-4
@@ -716,6 +717,7 @@ BAD_CONFIGS = {  # case -> (file text, expected fragments of the one error line)
     "retired_other_value": ("[nc]\ninit_cost = 0.002\n", ["nc.init_cost", "no longer a setting",
                                                           "fixed at 0.001"]),
     "retired_bool": ("anchor_thresholds = false\n", ["anchor_thresholds", "fixed at true"]),
+    "retired_bool_as_int": ("anchor_thresholds = 1\n", ["anchor_thresholds", "fixed at true"]),
     "retired_pair": ("[nc]\nbetas = [0.6, 0.95]\n", ["nc.betas", "fixed at [0.5, 0.9]"]),
 }
 
