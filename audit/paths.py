@@ -9,10 +9,11 @@ cannot be created (a parent that is a regular file, a folder that is not writabl
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,18 +176,26 @@ def check_outputs(outputs: Iterable[Output | None], inputs: Iterable[PathLike | 
         _check_creatable(out)
 
 
-def atomic_write(path: PathLike, write: Callable) -> Path:
-    """Write a file atomically: ``write(fh)`` fills a temporary binary file beside ``path``
-    (mode 0644), which then replaces it; on any error ``path`` is left as it was."""
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """A temporary file beside ``path`` for the block to write (by name); when the block ends
+    without an error it gets mode 0644 and replaces ``path``, otherwise it is removed and
+    ``path`` is left as it was."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
+        yield Path(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return p
+
+
+def atomic_write(path: PathLike, write: Callable) -> Path:
+    """Write a file atomically: ``write(fh)`` fills a binary file (atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
+    return Path(path)

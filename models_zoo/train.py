@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from audit.data import Preprocess
 from audit.errors import AuditError
+from audit.paths import atomic_path
 
 __all__ = ["Recipe", "evaluate_onnx", "export_onnx", "onnx_logits", "train_classifier"]
 
@@ -160,11 +161,13 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
 
     path = Path(path)
     model = model.cpu().eval()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        _torch_export(model, tmp, input_shape, dynamo)
-        proto = onnx.load(tmp)
+    # the exporter writes into a private folder (dynamo puts the weights in a .data file
+    # beside its output); the checked model, weights inline, replaces path only at the end
+    with tempfile.TemporaryDirectory(prefix="audit-export-") as work, \
+            atomic_path(path) as tmp_path:
+        raw, tmp = os.path.join(work, "model.onnx"), str(tmp_path)
+        _torch_export(model, raw, input_shape, dynamo)
+        proto = onnx.load(raw)
         proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
@@ -173,9 +176,4 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
         if not diff <= EXPORT_ATOL:
             raise AuditError(f"{path}: exported ONNX differs from torch by {diff:.3g} "
                              f"(> {EXPORT_ATOL})")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return diff

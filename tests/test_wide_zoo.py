@@ -284,6 +284,9 @@ def test_dynamo_draw_deterministic(tmp_path):
     for rel in ("dev/digits-28/watermarked.onnx", f"twins/{d.twin_key}/vanilla.onnx",
                 "dev/digits-28/data/train.npz"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    # the exporter's side files (dynamo's external .data) do not end up beside the model
+    assert sorted(p.name for p in (tmp_path / "a" / "dev" / "digits-28").iterdir()) == \
+        ["data", "meta.json", "triggers", "watermarked.onnx"]
 
 
 def test_cli_wide(built, cache, capsys):
