@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,19 @@ def _augment(xb: torch.Tensor, clean: torch.Tensor, gen: torch.Generator) -> tor
     return out
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch on ``n`` threads inside the block (None or 0: as it is), its own count after.
+    One thread keeps small models deterministic on the CPU and fast on a shared machine."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, recipe: Recipe, *,
                      trig_x: np.ndarray | None = None, trig_y: np.ndarray | None = None,
                      seed: int = 0, device: str = "cpu", desc: str = "train",
@@ -71,13 +86,8 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, recipe: Rec
     xa, ya = torch.cat(xs), torch.cat(ys).long()
     is_clean = torch.arange(len(ya)) < n_clean
     gen = torch.Generator().manual_seed(seed)
-    old_threads = torch.get_num_threads()
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
-    try:
+    with torch_threads(recipe.threads):
         return _fit(model, xa, ya, is_clean, recipe, gen, device, desc, quiet)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _fit(model: nn.Module, xa: torch.Tensor, ya: torch.Tensor, is_clean: torch.Tensor,

@@ -46,7 +46,7 @@ import torch
 from audit.data import Dataset, Preprocess, stratified_subset
 from audit.errors import AuditError
 
-from .train import Recipe, evaluate_onnx, export_onnx, train_classifier
+from .train import Recipe, evaluate_onnx, export_onnx, torch_threads, train_classifier
 from .watermarks import SCHEMES, TriggerSet
 from .wide_marks import (
     Abstract,
@@ -558,15 +558,11 @@ def launder_draw(draw: Draw, cache_dir: str | Path, cfg) -> dict[str, Any]:
     whole machine share; deterministic on the CPU)."""
     import tempfile
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         entry = build_draw(draw, cache_dir)
         row: dict[str, Any] = {"zoo_built_now": entry.built,
                                "build_s": entry.meta["timings"]["total_s"]}
         with tempfile.TemporaryDirectory(prefix="audit-wide-") as tmp:
             row.update(launder_entry(entry, cfg, Path(tmp) / "laundered.onnx"))
-    finally:
-        torch.set_num_threads(before)
     row.update(judge(row))
     return row

@@ -4,7 +4,6 @@ entry, shared by every module that needs them."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -27,18 +26,12 @@ def manifest(shared_data: Path) -> dict:
     return json.loads((shared_data / "MANIFEST.json").read_text())
 
 
-@contextlib.contextmanager
 def one_torch_thread():
     """torch on one thread inside the block (oversubscribed OpenMP threads slow the small
     models 5-10x on a shared machine), its own count after."""
-    import torch
+    from audit.models_zoo.train import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(1)
 
 
 @pytest.fixture(scope="module")

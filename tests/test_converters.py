@@ -28,6 +28,7 @@ from audit.converters.write_back import updated_initializers, write_back
 from audit.data import Preprocess, load_dataset
 from audit.graphs.io import had_external_data, load_model, save_model
 from audit.graphs.model import AuditModel
+from audit.models_zoo.train import torch_threads
 
 PARITY = 1e-4
 
@@ -250,9 +251,7 @@ class DigitsNet(nn.Module):
 @pytest.fixture(scope="module")
 def torch_digits(digits):
     """A small CNN with BatchNorm trained for a few seconds; its test accuracy in torch."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add contention
-    try:
+    with torch_threads(1):  # tiny tensors: threads only add contention
         torch.manual_seed(0)
         net = DigitsNet()
         xtr = torch.from_numpy(digits["train"][0][:, None].astype(np.float32) / 255)
@@ -267,8 +266,6 @@ def torch_digits(digits):
         x_test = digits["test"][0][:, None].astype(np.float32) / 255
         with torch.no_grad():
             pred = net(torch.from_numpy(x_test)).argmax(1).numpy()
-    finally:
-        torch.set_num_threads(threads)
     acc = float((pred == digits["test"][1]).mean())
     assert acc >= 0.9, f"the digits CNN trained to only {acc}"
     return net, acc

@@ -16,6 +16,7 @@ import torch
 from audit.cli import run
 from audit.data import load_dataset
 from audit.errors import AuditError
+from audit.models_zoo.train import torch_threads
 from audit.models_zoo.watermarks import SCHEMES, quantize_u8
 from audit.models_zoo.wide import SIZES, build_draw, draws, make_draw
 from audit.models_zoo.wide_marks import (
@@ -51,14 +52,10 @@ def cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def built(cache):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         t = time.perf_counter()
         entry = build_draw(make_draw(BUILD_SEED, "digits"), cache)
         return entry, time.perf_counter() - t
-    finally:
-        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------------------
