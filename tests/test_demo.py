@@ -21,7 +21,7 @@ import pytest
 
 from audit.cli import run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:

@@ -31,6 +31,8 @@ from audit.data import Preprocess, load_dataset
 from audit.nc import ANOMALY_THRESHOLD, MAD_CONSTANT, anomaly_index
 from audit.verify import effective_null_rate, verify_predictions
 
+pytestmark = pytest.mark.xdist_group(__name__)   # one worker runs the module's detect
+
 PP = Preprocess()                       # the digits zoo models take u8/255
 GEO = dict(channels=1, height=16, width=16)
 VERIFY_KEYS = {"n", "hits", "watermark_accuracy", "vanilla_rate", "p_value", "demonstrated",

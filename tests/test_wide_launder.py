@@ -23,7 +23,7 @@ import pytest
 from audit.models_zoo.wide import ACCEPT, launder_draw, make_draw
 from audit.settings import LaunderConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
 
 SEEDS = {"content": 13, "noise": 10, "unrelated": 0, "adi": 26}
 MAX_DROP, MAX_MEDIAN_DROP = 0.02, 0.01
