@@ -137,17 +137,12 @@ def update_result(name: str, update) -> Path:
 def zoo_entry(dataset: str, scheme: str, *, seed: int = 0, cache: Path = ZOO_CACHE,
               quiet: bool = True, rebuild: bool = False):
     """The zoo entry <cache>/<dataset>_<scheme>_s<seed>, built when absent (build_entry)."""
-    from audit.models_zoo.build import ZooEntry, build_entry
+    from audit.models_zoo.build import build_entry, built_entry
 
     out = cache / f"{dataset}_{scheme}_s{seed}"
-    meta_path = out / "meta.json"
-    if not rebuild and meta_path.is_file() and (out / "watermarked.onnx").is_file() \
-            and (out / "vanilla.onnx").is_file() and (out / "triggers").is_dir():
-        meta = json.loads(meta_path.read_text())
-        data_dir = out / "data" if (out / "data").is_dir() else None
-        return ZooEntry(dataset, scheme, out, out / "watermarked.onnx", out / "vanilla.onnx",
-                        out / "triggers", meta_path, data_dir, meta["test_acc"], meta["wm_acc"],
-                        meta["timings"], meta), False
+    entry = None if rebuild else built_entry(out)
+    if entry is not None:
+        return entry, False
     t = time.perf_counter()
     entry = build_entry(dataset, scheme, out, seed=seed, quiet=quiet, device="cpu")
     print(f"built {dataset}/{scheme} in {time.perf_counter() - t:.0f} s -> {out}", flush=True)

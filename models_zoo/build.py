@@ -72,6 +72,21 @@ class ZooEntry:
     meta: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
+def built_entry(out_dir: str | Path) -> ZooEntry | None:
+    """The entry build_entry wrote to ``out_dir``, read back from its meta.json; None when the
+    folder does not hold a complete one (meta.json, both models and the trigger folder)."""
+    out = Path(out_dir)
+    meta_path = out / "meta.json"
+    if not (meta_path.is_file() and (out / "watermarked.onnx").is_file()
+            and (out / "vanilla.onnx").is_file() and (out / "triggers").is_dir()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    data_dir = out / "data" if (out / "data").is_dir() else None
+    return ZooEntry(meta["dataset"], meta["scheme"], out, out / "watermarked.onnx",
+                    out / "vanilla.onnx", out / "triggers", meta_path, data_dir, meta["test_acc"],
+                    meta["wm_acc"], meta["timings"], meta)
+
+
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))

@@ -10,7 +10,6 @@ worker runs torch on one thread, so that N workers use N cores.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -47,22 +46,25 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-def once_per_run(tmp_path_factory, name: str, make, dump, load):
-    """``make(folder)`` once per test run, shared by the xdist workers: the first caller builds
-    in ``folder`` under a file lock and writes ``dump(value)`` as JSON; later callers (this
-    worker or another) get ``load(record)``. A failed build writes no record."""
+def once_per_run(tmp_path_factory, name: str, make) -> Path:
+    """The folder ``once/<name>`` of the run's temporary folder, filled by ``make(folder)`` once
+    per test run and shared by the xdist workers: the first caller runs ``make`` under a file
+    lock, later callers (in any worker) find it done. A ``make`` that raises leaves it undone."""
+    import shutil
+
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "once"
     root.mkdir(exist_ok=True)
-    record = root / f"{name}.json"
-    with FileLock(str(record) + ".lock"):
-        if record.is_file():
-            return load(json.loads(record.read_text()))
-        value = make(root / name)
-        record.write_text(json.dumps(dump(value)))
-        return value
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(done) + ".lock"):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
 
 
 def one_torch_thread():
@@ -85,29 +87,19 @@ def digits_zoo(tmp_path_factory):
     """``digits_zoo(scheme)``: the digits zoo's entry for ``scheme`` (watermarked model, vanilla
     twin, data, triggers) with the default recipe and seed 0, trained with one torch thread;
     each scheme is built the first time a test asks for it, then shared."""
-    from audit.models_zoo.build import ZooEntry, build_entry
+    from audit.models_zoo.build import build_entry, built_entry
 
     built: dict = {}
 
-    def make(scheme: str):
-        def build(folder: Path) -> ZooEntry:
-            with one_torch_thread():
-                return build_entry("digits", scheme, folder, seed=0, quiet=True)
-        return build
-
-    def dump(entry: ZooEntry) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v
-                for k, v in dataclasses.asdict(entry).items()}
-
-    def load(record: dict) -> ZooEntry:
-        paths = {"out_dir", "watermarked", "vanilla", "triggers", "meta_path", "data_dir"}
-        return ZooEntry(**{k: Path(v) if k in paths and v is not None else v
-                           for k, v in record.items()})
+    def build(scheme: str, folder: Path) -> None:
+        with one_torch_thread():
+            build_entry("digits", scheme, folder, seed=0, quiet=True)
 
     def get(scheme: str):
         if scheme not in built:
-            built[scheme] = once_per_run(tmp_path_factory, f"digits_{scheme}", make(scheme),
-                                         dump, load)
+            folder = once_per_run(tmp_path_factory, f"digits_{scheme}",
+                                  lambda f: build(scheme, f))
+            built[scheme] = built_entry(folder)
         return built[scheme]
 
     return get
@@ -151,23 +143,18 @@ def digits_content_laundered(tmp_path_factory, digits_content, digits_content_su
 
     e = digits_content
 
-    def make(work: Path) -> dict:
-        work.mkdir()
-        out, rep = work / "laundered.onnx", work / "report"
+    def make(work: Path) -> None:
         before_sha = hashlib.sha256(e.watermarked.read_bytes()).hexdigest()
         t = time.perf_counter()
         with one_torch_thread():
             rc = run(["launder", str(e.watermarked), "--data", str(digits_content_subset["path"]),
-                      "-o", str(out), "--report", str(rep), *LAUNDER_ARGS])
-        seconds = time.perf_counter() - t
-        report = json.loads((rep / "report.json").read_text()) if rc == 0 else None
-        return {"rc": rc, "out": out, "report_dir": rep, "report": report, "seconds": seconds,
-                "input_sha_before": before_sha}
+                      "-o", str(work / "laundered.onnx"), "--report", str(work / "report"),
+                      *LAUNDER_ARGS])
+        run_record = {"rc": rc, "seconds": time.perf_counter() - t, "input_sha_before": before_sha}
+        (work / "run.json").write_text(json.dumps(run_record))
 
-    def dump(value: dict) -> dict:
-        return {**value, "out": str(value["out"]), "report_dir": str(value["report_dir"])}
-
-    def load(record: dict) -> dict:
-        return {**record, "out": Path(record["out"]), "report_dir": Path(record["report_dir"])}
-
-    return once_per_run(tmp_path_factory, "digits_content_laundered", make, dump, load)
+    work = once_per_run(tmp_path_factory, "digits_content_laundered", make)
+    rec = json.loads((work / "run.json").read_text())
+    rep = work / "report"
+    report = json.loads((rep / "report.json").read_text()) if rec["rc"] == 0 else None
+    return {**rec, "out": work / "laundered.onnx", "report_dir": rep, "report": report}
