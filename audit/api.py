@@ -50,6 +50,60 @@ def input_digest(path: str | os.PathLike) -> str | None:
     return None
 
 
+def inspect(model, data=None, *, limit: int | None = None, preprocess: Preprocess | None = None,
+            device: str = "auto") -> dict:
+    """What `audit inspect --json` prints: layout, classes, probe layers, convertibility, parity
+    and (with data) accuracy. unusable(report) says why laundering could not run on it."""
+    from audit.converters.to_torch import to_torch
+    from audit.errors import ConversionError
+    from audit.graphs.probe import find_probe_layers
+    from audit.reset import not_resettable
+
+    pp = preprocess or Preprocess()
+    am = _model(model, device)
+    info = am.info
+    layers = find_probe_layers(am.normalised, am.original)
+    report = {
+        "model": str(am.path) if isinstance(model, AuditModel) and am.path else str(model),
+        "producer": info.producer,
+        "ir_version": info.ir_version, "opset": info.opset, "input_name": info.input_name,
+        "input_shape": list(info.input_shape), "layout": info.layout, "channels": info.channels,
+        "height": info.height, "width": info.width, "num_classes": info.num_classes,
+        "output_kind": info.output_kind, "fixed_batch": am.fixed_batch,
+        "rewrites": list(am.ctx.applied), "assumptions": list(am.ctx.notes),
+        "probe_layers": [layer.to_dict() for layer in layers], "scored_by": None,
+        "not_resettable": None, "convertible": False, "conversion_error": None, "parity_max_abs": None,
+        "parity_rel": None, "accuracy": None, "n": None,
+    }
+    if not layers:
+        report["scored_by"] = sorted({n.op_type for n in am.scored.graph.node if n.domain == "ai.onnx.ml"})
+    x_check = None
+    if data is not None:
+        ds = data_for(am, data, limit=limit) if not isinstance(data, Dataset) else data
+        report["accuracy"] = float((am.predict(ds.x, pp) == ds.y).mean())
+        report["n"] = len(ds)
+        x_check = am.model_input(ds.x[:256], pp)
+    try:
+        tm = to_torch(am, x_check)
+        report.update(convertible=True, parity_max_abs=tm.parity_max_abs, parity_rel=tm.parity_rel,
+                      not_resettable=not_resettable(tm, find_probe_layers(tm.graph, am.original)))
+        report["assumptions"] += tm.notes
+    except ConversionError as exc:
+        report["conversion_error"] = str(exc)
+    return report
+
+
+def unusable(report: dict) -> str | None:
+    """Why an inspected model cannot be audited (None: it can)."""
+    if not report["probe_layers"]:
+        why = (f" (its scores come from {', '.join(report['scored_by'])}, which has no tensor "
+               "weights to train)") if report.get("scored_by") else ""
+        return f"no Conv, Gemm or MatMul layer to audit{why}"
+    if not report["convertible"]:
+        return f"cannot be converted to torch: {report['conversion_error']}"
+    return None
+
+
 def launder(model, data, output: str | os.PathLike | None = None, *,
             preprocess: Preprocess | None = None, config: LaunderConfig | None = None,
             report_dir: str | os.PathLike | None = None, device: str = "auto",
@@ -120,21 +174,27 @@ def write_launder_report(report_dir, am: AuditModel, subset: Dataset, pp: Prepro
 
 def detect(model, data, *, preprocess: Preprocess | None = None, config=None,
            seed: int = DetectConfig.seed, max_images: int | None = DetectConfig.max_images,
-           report_dir=None, device: str = "auto", quiet: bool = True) -> dict:
+           confirm: bool = True, threshold: float | None = None,
+           report_dir=None, pictures: str = "all", device: str = "auto", quiet: bool = True) -> dict:
     """Neural Cleanse over every class; returns the summary dict (flagged, anomaly indices...).
 
     Without config (an NCConfig) the anomaly index is taken on detection's scale,
     DetectConfig.anomaly_scale (the log of the mask norms, as `audit detect`); NCConfig() is
     Neural Cleanse's index on the norms themselves. The summary carries both (anomaly_index,
-    anomaly_index_l1). max_images None or 0: every image."""
+    anomaly_index_l1). max_images None or 0: every image. threshold: the anomaly index above
+    which a class is a candidate (default 2). confirm: a candidate is flagged only once
+    audit.confirm finds its trigger small from other starts and working on held-out images
+    (the summary's "candidates" and "confirmation" say what was checked). report_dir: the
+    folder for report.json and the trigger pictures of every class ("all") or of the flagged
+    ones ("flagged")."""
     import torch
 
     from audit.converters.to_torch import to_torch
-    from audit.data import stratified_subset
     from audit.forward import make_forward
-    from audit.nc import recover
+    from audit.nc import ANOMALY_THRESHOLD, anomaly_index, recover
 
     pp = preprocess or Preprocess()
+    thr = ANOMALY_THRESHOLD if threshold is None else float(threshold)
     _check_paths(model, data, None, report_dir, DETECT_REPORT)
     am = _model(model, device)
     ds = _data(am, data)
@@ -142,27 +202,37 @@ def detect(model, data, *, preprocess: Preprocess | None = None, config=None,
         from audit.errors import DataError
 
         raise DataError(f"{ds.source}: detection needs clean images of at least 2 classes")
-    if max_images and len(ds) > max_images:
-        ds = stratified_subset(ds, max_images, seed=seed)
+    ds, held = _detection_split(ds, max_images, seed, confirm)
     from audit.graphs import runtime
 
     tdev = runtime.torch_device(device)   # Neural Cleanse runs where --device says
     tm = to_torch(am, am.model_input(ds.x[:128], pp), device=tdev)
     for p in tm.module.parameters():
         p.requires_grad_(False)
+    forward = make_forward(tm, pp)
+    nc = config or DetectConfig().nc()
     bars = Bars(quiet)
     torch.manual_seed(seed)
     try:
-        rec = recover(make_forward(tm, pp), ds.x, am.info.num_classes,
-                      config or DetectConfig().nc(),
+        rec = recover(forward, ds.x, am.info.num_classes, nc,
                       seed=seed, progress=lambda e, n: bars("recover", e, n), device=tdev)
     finally:
         bars.close()
+    rec.flagged = anomaly_index(rec.norms, nc.anomaly_scale, thr)[1]
     out = {"model": str(am.path) if am.path else None, "n_images": len(ds), **rec.summary(),
-           "nc": rec.config, "suspected": bool(rec.flagged)}
+           "nc": rec.config, "anomaly_threshold": thr}
+    if confirm:
+        from audit.confirm import confirm as run_confirm
+
+        checks = run_confirm(forward, ds.x, (held.x, held.y), rec, rec.flagged, nc, seed=seed,
+                             threshold=thr, device=tdev)
+        out.update(candidates=list(rec.flagged), n_held_out=len(held),
+                   confirmation=[c.to_dict() for c in checks],
+                   flagged=[c.cls for c in checks if c.confirmed])
+    out["suspected"] = bool(out["flagged"])
     if report_dir is not None:
         folder = Path(report_dir)
-        write_recovery_pngs(folder, rec, ds.x[0])
+        write_recovery_pngs(folder, rec, ds.x[0], None if pictures == "all" else out["flagged"])
         write_json(folder / "report.json", {
             "schema_version": SCHEMA_VERSION, "tool": f"audit {__version__}", "command": "detect",
             "inputs": {"model_sha256": sha256_file(am.path) if am.path else None,
@@ -170,6 +240,30 @@ def detect(model, data, *, preprocess: Preprocess | None = None, config=None,
                        "data_sha256": input_digest(data) if not isinstance(data, Dataset) else None},
             "preprocess": pp.to_dict(), **out})
     return out
+
+
+def _detection_split(ds: Dataset, max_images: int | None, seed: int, confirm: bool
+                     ) -> tuple[Dataset, Dataset | None]:
+    """The images Neural Cleanse fits (a stratified sample of at most max_images) and, when
+    confirming, held-out images it never sees: the rest of the data where there is enough of
+    it, otherwise a stratified fifth of the images taken out first."""
+    from audit.confirm import HELD_OUT_MAX, HELD_OUT_MIN
+    from audit.data import stratified_indices
+
+    def pick(idx: np.ndarray, n: int | None, s: int) -> np.ndarray:
+        if not n or len(idx) <= n:
+            return idx
+        return idx[stratified_indices(ds.subset(idx), n, s)]
+
+    everything = np.arange(len(ds))
+    fit = pick(everything, max_images, seed)
+    if not confirm:
+        return ds.subset(fit), None
+    rest = np.setdiff1d(everything, fit)
+    if len(rest) < HELD_OUT_MIN:
+        rest = pick(everything, max(HELD_OUT_MIN, len(ds) // 5), seed + 1)
+        fit = pick(np.setdiff1d(everything, rest), max_images, seed)
+    return ds.subset(fit), ds.subset(pick(rest, HELD_OUT_MAX, seed + 1))
 
 
 def verify(model, triggers, *, vanilla=None, null_rate: float | None = None, alpha: float = 0.01,

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from audit.errors import one_line
+from audit.errors import AuditError, one_line
 
 log = logging.getLogger("audit")
 
@@ -41,7 +41,6 @@ class DeviceType(click.ParamType):
         return self.name
 
     def convert(self, value, param, ctx):
-        from audit.errors import AuditError
         from audit.graphs.runtime import parse_device
 
         try:
@@ -110,6 +109,7 @@ COMMANDS = {
     "detect": "audit.commands.detect",
     "verify": "audit.commands.verify",
     "demo": "audit.commands.demo",
+    "scan": "audit.commands.scan",
     "zoo": "audit.models_zoo.cli",
 }
 
@@ -158,7 +158,7 @@ def run(argv: list[str] | None = None) -> int:
         return 1
     except click.ClickException as exc:   # AuditError included
         click.echo(f"error: {one_line(exc.format_message()) or type(exc).__name__}", err=True)
-        return 2
+        return exc.exit_code if isinstance(exc, AuditError) else 2
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130

@@ -807,15 +807,20 @@ def stratified_subset(ds: Dataset, n: int, seed: int = 0) -> Dataset:
     Every class gets ``n // K`` samples (a class with fewer gives all it has and the rest is
     shared by the others); samples keep their original order. ``n >= len(ds)`` returns all.
     """
+    return ds.subset(stratified_indices(ds, n, seed))
+
+
+def stratified_indices(ds: Dataset, n: int, seed: int = 0) -> np.ndarray:
+    """The sorted indices stratified_subset(ds, n, seed) selects."""
     if int(n) != n or n < 1:
         raise _error(ds.source, f"subset size must be a positive integer, got {n!r}")
     if n >= len(ds):
-        return ds.subset(np.arange(len(ds)))
+        return np.arange(len(ds))
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(ds.y, return_counts=True)
     quotas = _class_quotas(counts, int(n), rng)
     chosen = [rng.permutation(np.flatnonzero(ds.y == c))[:q] for c, q in zip(classes, quotas)]
-    return ds.subset(np.sort(np.concatenate(chosen)))
+    return np.sort(np.concatenate(chosen))
 
 
 def data_for(am, path: str | os.PathLike, *, limit: int | None = None, check_labels: bool = True) -> Dataset:

@@ -66,8 +66,9 @@ def stamp(x01: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> np.ndarray:
     return ((1 - mask) * x01 + mask * pattern).astype(np.float32)
 
 
-def anomaly_index(norms: np.ndarray, scale: str = "l1") -> tuple[np.ndarray, list[int]]:
-    """MAD outlier score of each norm; flagged = index > 2 on the small side.
+def anomaly_index(norms: np.ndarray, scale: str = "l1", threshold: float = ANOMALY_THRESHOLD
+                  ) -> tuple[np.ndarray, list[int]]:
+    """MAD outlier score of each norm; flagged = index > threshold (2) on the small side.
 
     scale "l1" is Neural Cleanse's index on the mask L1 norms; "log" takes the same index of
     their logarithms, so that it measures ratios: a trigger 3x smaller than every other class's
@@ -84,7 +85,7 @@ def anomaly_index(norms: np.ndarray, scale: str = "l1") -> tuple[np.ndarray, lis
     med = float(np.median(values))
     mad = MAD_CONSTANT * float(np.median(np.abs(values - med)))
     idx = np.abs(values - med) / max(mad, 1e-12)
-    flagged = [int(k) for k in np.argsort(values) if idx[k] > ANOMALY_THRESHOLD and values[k] < med]
+    flagged = [int(k) for k in np.argsort(values) if idx[k] > threshold and values[k] < med]
     return idx, flagged
 
 

@@ -43,11 +43,13 @@ def write_png(path: str | os.PathLike, img_chw: np.ndarray, min_side: int = 96) 
     return atomic_write(path, lambda fh: im.save(fh, format="PNG"))
 
 
-def write_recovery_pngs(folder: str | os.PathLike, rec, example: np.ndarray | None) -> list[str]:
-    """mask_K.png, pattern_K.png, trigger_K.png (mask*pattern) and stamped_K.png per class."""
+def write_recovery_pngs(folder: str | os.PathLike, rec, example: np.ndarray | None,
+                        classes=None) -> list[str]:
+    """mask_K.png, pattern_K.png, trigger_K.png (mask*pattern) and stamped_K.png per class
+    (every class, or those given)."""
     out = []
     folder = Path(folder)
-    for k in range(len(rec.masks)):
+    for k in range(len(rec.masks)) if classes is None else classes:
         m, pat = rec.masks[k], rec.patterns[k]
         out.append(str(write_png(folder / f"mask_{k}.png", m)))
         out.append(str(write_png(folder / f"pattern_{k}.png", pat)))

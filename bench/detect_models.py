@@ -1,30 +1,29 @@
-"""`audit detect` (Neural Cleanse) on real MNIST models: backdoored ones must be flagged on their
-target class, clean third-party ones must not be flagged.
+"""`audit detect` on real models: false alarms on clean models, detections on backdoored and
+watermarked ones, with the default confirmation of candidates and without it.
 
-Models (all from shared/data unless noted; preprocessing from MANIFEST.json):
-  * backdoored/badnets_mnist.onnx                 BadNets, target 1 (mean 0.5, std 0.5)
+Models (shared/data unless noted; preprocessing from MANIFEST.json):
+  * backdoored/badnets_mnist.onnx: BadNets, target 1 (mean 0.5, std 0.5)
   * the 5 clean third-party MNIST models of onnx_models/ (CNTK, tf2onnx, PyTorch 1.11,
-    PyTorch 2.9.1 external data, keras2onnx)
+    PyTorch 2.9.1 external data, keras2onnx) and the clean PyTorch 1.7 CIFAR-10 model
   * MNIST zoo models (``build_entry("mnist", scheme, <zoo-dir>/mnist_<scheme>)``, reused when
     meta.json exists): the Zhang *content* and *noise* watermarked models (target 0) and the
-    vanilla twin of the content entry (clean, same recipe without triggers).
-  * the same three from the digits zoo (``<zoo-dir>/digits_<scheme>``), on the digits zoo's
-    test images (450).
+    vanilla twin of the content entry; the same three from the digits zoo
+  * with ``--wide N``: the wide zoo's dev draws 0..N-1 that carry a content or noise mark, and
+    every twin they share ($AUDIT_BENCH_ZOO/wide, built when missing)
 
-Data: 1,000 images of the MNIST *test* set, stratified (``audit.data.stratified_subset``,
-seed 0, which is what ``audit detect --max-images 1000`` does), NC defaults (40 epochs,
-8 steps). Each model is scored with the default anomaly scale (log of the mask norms) and,
-from the same recovery, with Neural Cleanse's own (L1 norms): field ``l1_scale``. torch runs
-with ``--threads`` threads (default 1: on a shared machine oversubscribed OpenMP threads slow
-small models 5-10x); the load average is recorded.
+Data: ``audit detect --max-images 1000`` on the MNIST test set (a stratified 1,000 images for
+Neural Cleanse, 500 of the rest held out for the confirmation's transfer check); CIFAR-10: the
+JPEG-decoded test set; digits and wide-zoo models: their own test images (a fifth held out).
+NC defaults (40 epochs, 8 steps), the log-norm index. Each row records the candidates (index
+> 2: Neural Cleanse alone) and what the confirmation found; ``l1_scale`` scores the same
+recovery with Neural Cleanse's own index. torch runs with ``--threads`` threads (default 1).
 
-Acceptance: the target of every backdoored / watermarked model is flagged; nothing is flagged
-on at least 4 of the 5 third-party clean models.
+Acceptance: at most 1 in 10 clean models flagged; the BadNets model and at least 90% of the
+zoo's content and noise models flagged on their target.
 
-Usage: python bench/detect_models.py [--zoo-dir DIR] [--only NAME ...]
+Usage: python bench/detect_models.py [--zoo-dir DIR] [--wide N] [--only NAME ...]
 Writes bench/results/detect_models.json (with the commit, paths relative to the repository or
-its caches) and prints a markdown table. The zoo folder defaults to `audit-bench-zoo-detect` in
-the system's temporary folder.
+its caches) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -51,6 +50,8 @@ THIRD_PARTY = ["onnx_models/cntk_mnist8.onnx", "onnx_models/tf2onnx_keras_mnist.
                "onnx_models/pytorch291_external_data/mnist.onnx",
                "onnx_models/keras2onnx_mlp_mnist.onnx"]
 BADNETS = "backdoored/badnets_mnist.onnx"
+CIFAR_THIRD_PARTY = "onnx_models/pytorch17_cifar10.onnx"
+CIFAR_DATA = SHARED / "cifar10" / "cifar10_test_from_jpeg.npz"
 ZOO_SCHEMES = ["content", "noise"]
 
 
@@ -110,9 +111,34 @@ def model_list(manifest: dict, zoo_dir: Path, copy_from: list[Path]) -> list[dic
         models.append({"name": Path(f).stem if "external" not in f else "pytorch291_mnist",
                        "path": SHARED / f, "kind": "clean third-party", "scale": m["scale"],
                        "mean": m["mean"], "std": m["std"], "target": None})
+    c = by_file[CIFAR_THIRD_PARTY]
+    models.append({"name": "pytorch17_cifar10", "path": SHARED / CIFAR_THIRD_PARTY,
+                   "kind": "clean third-party", "scale": c["scale"], "mean": c["mean"],
+                   "std": c["std"], "target": None, "data": CIFAR_DATA})
     for dataset in ("mnist", "digits"):
         models += zoo_models(dataset, zoo_dir, copy_from)
     return models
+
+
+def wide_models(n: int, cache: Path) -> list[dict]:
+    """Wide-zoo dev draws 0..n-1 with a content or noise mark, and every twin they share."""
+    from audit.models_zoo.wide import build_draw, make_draw
+
+    models, twins = [], {}
+    for seed in range(n):
+        draw = make_draw(seed)
+        if draw.scheme not in ZOO_SCHEMES:
+            continue
+        e = build_draw(draw, cache)
+        pp = e.meta["preprocess"]
+        common_ = {"scale": pp["scale"], "mean": pp["mean"], "std": pp["std"],
+                   "data": e.data_dir / "test.npz"}
+        models.append({"name": f"wide_{e.draw.size}-{seed}", "path": e.watermarked,
+                       "kind": f"wide watermarked ({draw.scheme})", "target": e.meta["target"],
+                       **common_})
+        twins.setdefault(str(e.vanilla), {"name": f"wide_twin_{draw.twin_key}", "path": e.vanilla,
+                                          "kind": "wide vanilla twin", "target": None, **common_})
+    return models + list(twins.values())
 
 
 def zoo_models(dataset: str, zoo_dir: Path, copy_from: list[Path]) -> list[dict]:
@@ -133,23 +159,32 @@ def zoo_models(dataset: str, zoo_dir: Path, copy_from: list[Path]) -> list[dict]
     return models
 
 
-def run_one(m: dict, data, seed: int) -> dict:
+def _values(v) -> tuple[float, ...]:
+    return tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else (float(v),)
+
+
+def run_one(m: dict, data, seed: int, n_images: int) -> dict:
     from audit.api import detect
     from audit.data import Preprocess
 
     data = m.get("data", data)   # a digits entry's own test.npz, loaded by detect at its geometry
-    pp = Preprocess(scale=float(m["scale"]), mean=(float(m["mean"]),), std=(float(m["std"]),))
+    pp = Preprocess(scale=float(m["scale"]), mean=_values(m["mean"]), std=_values(m["std"]))
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
-    d = detect(str(m["path"]), data, preprocess=pp, seed=seed, max_images=None, device="cpu",
-               quiet=True)
+    d = detect(str(m["path"]), data, preprocess=pp, seed=seed, max_images=n_images, device="cpu",
+               confirm=True, quiet=True)
     seconds = time.perf_counter() - t
     flagged = d["flagged"]
     target = m["target"]
     ok = _passes(flagged, target)
     return {"name": m["name"], "model": str(m["path"]), "kind": m["kind"],
             "preprocess": {"scale": m["scale"], "mean": m["mean"], "std": m["std"]},
-            "expected_target": target, "flagged": flagged,
+            "expected_target": target, "flagged": flagged, "candidates": d["candidates"],
+            "confirmation": [{"cls": c["cls"], "confirmed": c["confirmed"],
+                              "restart_norms": [round(v, 3) for v in c["restart_norms"]],
+                              "restart_index": round(c["restart_index"], 3),
+                              "transfer": [round(v, 4) for v in c["transfer"]],
+                              "reasons": c["reasons"]} for c in d["confirmation"]],
             "target_flagged": None if target is None else target in flagged,
             "other_flagged": [k for k in flagged if k != target],
             "pass": ok, "exit_code": 1 if flagged else 0,
@@ -159,13 +194,14 @@ def run_one(m: dict, data, seed: int) -> dict:
             "target_anomaly_index": None if target is None else round(d["anomaly_index"][target], 3),
             "attack_success": [round(v, 4) for v in d["attack_success"]],
             "most_likely_infected": d["most_likely_infected"], "epochs_run": d["epochs_run"],
-            "n_images": d["n_images"], "seconds": round(seconds, 1),
+            "n_images": d["n_images"], "n_held_out": d["n_held_out"], "seconds": round(seconds, 1),
             "load_average_1min_at_start": round(load0, 2), **({"zoo": m["zoo"]} if "zoo" in m else {}),
             "anomaly_scale": d["anomaly_scale"], **l1_scale(d["norms"], target)}
 
 
 def l1_scale(norms: list[float], target: int | None) -> dict:
-    """The same recovery scored with `--anomaly-scale l1` (Neural Cleanse's index)."""
+    """The same recovery scored with `--anomaly-scale l1` (Neural Cleanse's index), without
+    confirmation."""
     from audit.nc import anomaly_index
 
     idx, flagged = anomaly_index(np.asarray(norms), "l1")
@@ -178,27 +214,42 @@ def _passes(flagged: list[int], target: int | None) -> bool:
     return not flagged if target is None else target in flagged
 
 
+def _rate(rows: list[dict], key) -> str:
+    return f"{sum(bool(key(r)) for r in rows)}/{len(rows)}"
+
+
 def summarise(rows: list[dict]) -> dict:
-    third = [r for r in rows if r["kind"] == "clean third-party"]
-    bad = [r for r in rows if r["expected_target"] is not None]
-    twins = [r for r in rows if r["kind"] == "zoo vanilla twin"]
+    """Detections and false alarms, confirmed (the default) and unconfirmed (the candidates:
+    Neural Cleanse on the log scale alone)."""
+    clean = [r for r in rows if r["expected_target"] is None]
+    bad = [r for r in rows if r["kind"] == "backdoored" or r["kind"].startswith("zoo watermarked")]
+    wide = [r for r in rows if r["kind"].startswith("wide watermarked")]
+    zoo_marks = [r for r in bad if r["kind"] != "backdoored"]
+    flagged_share = sum(bool(r["flagged"]) for r in clean) / max(1, len(clean))
     out = {
         "anomaly_scale": sorted({r.get("anomaly_scale", "l1") for r in rows}),
-        "backdoored_target_flagged": f"{sum(r['pass'] for r in bad)}/{len(bad)}",
-        "third_party_clean_not_flagged": f"{sum(r['pass'] for r in third)}/{len(third)}",
-        "vanilla_twins_flagged": [r["name"] for r in twins if r["flagged"]],
+        "clean_flagged": _rate(clean, lambda r: r["flagged"]),
+        "clean_flagged_models": [r["name"] for r in clean if r["flagged"]],
+        "clean_candidates_unconfirmed": _rate(clean, lambda r: r["candidates"]),
+        "backdoored_target_flagged": _rate(bad, lambda r: r["pass"]),
+        "backdoored_target_candidate_unconfirmed": _rate(
+            bad, lambda r: r["expected_target"] in r["candidates"]),
+        "third_party_clean_not_flagged": _rate([r for r in clean if r["kind"] == "clean third-party"],
+                                               lambda r: r["pass"]),
         "acceptance": {
-            "targets_flagged": all(r["pass"] for r in bad),
-            "third_party_at_least_4_of_5_clean": sum(r["pass"] for r in third) >= 4,
+            "clean_flagged_at_most_1_in_10": flagged_share <= 0.1,
+            "badnets_flagged": all(r["pass"] for r in bad if r["kind"] == "backdoored"),
+            "zoo_content_noise_at_least_90pct": sum(r["pass"] for r in zoo_marks) >= 0.9 * len(zoo_marks),
         },
     }
-    if all("l1_scale" in r for r in rows):
-        lp = [r["l1_scale"]["pass"] for r in bad]
-        tp = [r["l1_scale"]["pass"] for r in third]
-        out["l1_scale"] = {"backdoored_target_flagged": f"{sum(lp)}/{len(lp)}",
-                           "third_party_clean_not_flagged": f"{sum(tp)}/{len(tp)}",
-                           "vanilla_twins_flagged": [r["name"] for r in twins
-                                                     if r["l1_scale"]["flagged"]]}
+    if wide:
+        out["wide_watermarked_target_flagged"] = _rate(wide, lambda r: r["pass"])
+        for size in sorted({r["name"].split("-")[0] for r in wide}):
+            part = [r for r in wide if r["name"].startswith(size + "-")]
+            out[f"{size}_target_flagged"] = _rate(part, lambda r: r["pass"])
+    lp = [r["l1_scale"]["pass"] for r in bad]
+    out["l1_scale"] = {"backdoored_target_flagged": f"{sum(lp)}/{len(lp)}",
+                       "clean_flagged": _rate(clean, lambda r: r["l1_scale"]["flagged"])}
     return out
 
 
@@ -227,6 +278,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", default=None, help="Run only these model names.")
+    ap.add_argument("--wide", type=int, default=0,
+                    help="Also the wide zoo's dev draws 0..N-1 with a content or noise mark, and "
+                         "their twins (cache: $AUDIT_BENCH_ZOO/wide).")
     ap.add_argument("--out", type=Path, default=RESULTS / "detect_models.json")
     args = ap.parse_args()
     if not (SHARED / "MANIFEST.json").is_file():
@@ -234,7 +288,7 @@ def main() -> int:
         return 0
     import torch
 
-    from audit.data import load_dataset, stratified_subset
+    from audit.data import load_dataset
 
     torch.set_num_threads(args.threads)
     info = machine()
@@ -242,23 +296,29 @@ def main() -> int:
     manifest = json.loads((SHARED / "MANIFEST.json").read_text())
     test = load_dataset(SHARED / "mnist" / "t10k-images-idx3-ubyte.gz", channels=1, height=28,
                         width=28, num_classes=10)
-    data = stratified_subset(test, args.n_images, seed=args.seed)
+    # detect draws the same stratified sample (n_images, seed) and holds out the rest
+    data = test
     models = model_list(manifest, args.zoo_dir, args.copy_from)
+    if args.wide:
+        models += wide_models(args.wide, common.ZOO_CACHE / "wide")
     if args.only:
         models = [m for m in models if m["name"] in args.only]
     rows = []
     for m in models:
-        r = run_one(m, data, args.seed)
+        r = run_one(m, data, args.seed, args.n_images)
         rows.append(r)
         print(f"{r['name']:<24} flagged {r['flagged']!s:<10} max idx {r['max_anomaly_index']:.2f} "
               f"pass {r['pass']}  {r['seconds']:.0f} s", file=sys.stderr, flush=True)
     summary = summarise(rows)
     result = {
         "what": "audit detect (Neural Cleanse, defaults: 40 epochs x 8 steps, anomaly index of "
-                "the log mask norms > 2 on the small side; l1_scale: Neural Cleanse's index of the "
-                "norms) on 1000 stratified MNIST test images per model (digits zoo: its 450 test "
-                "images)",
-        "data": f"MNIST t10k, stratified_subset(n={args.n_images}, seed={args.seed})",
+                "the log mask norms > 2 on the small side, candidates confirmed by two restarts and "
+                "transfer to held-out images; l1_scale: Neural Cleanse's index of the norms, "
+                "unconfirmed) on 1000 stratified MNIST test images per model, the rest of the test "
+                "set held out (CIFAR-10: its JPEG-decoded test set; digits and wide-zoo draws: "
+                "their own test images, a fifth held out)",
+        "data": f"MNIST t10k: detect's stratified sample (max_images={args.n_images}, seed="
+                f"{args.seed}), the rest held out",
         "torch_threads": args.threads, "machine": info, "summary": summary, "models": rows,
         "total_seconds": round(time.perf_counter() - t_all, 1),
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],

@@ -119,8 +119,27 @@ def torch_device(device: str = "auto"):
     return resolve_device(device).torch
 
 
+def _limited(provs: list) -> list:
+    """The CUDA provider with CUDA_MEM_LIMIT as its gpu_mem_limit, where one is set."""
+    if CUDA_MEM_LIMIT is None:
+        return provs
+    out = []
+    for p in provs:
+        name, opts = (p, {}) if isinstance(p, str) else p
+        out.append((name, {**opts, "gpu_mem_limit": CUDA_MEM_LIMIT}) if name == "CUDAExecutionProvider" else p)
+    return out
+
+
+#: a process's onnxruntime budget, set by the process that runs scan jobs (audit.scan.runner):
+#: intra-op threads of every session (None: onnxruntime's default), and the CUDA provider's
+#: gpu_mem_limit in bytes (None: no limit)
+SESSION_THREADS: int | None = None
+CUDA_MEM_LIMIT: int | None = None
+
+
 def make_session(model: onnx.ModelProto, device: str = "auto", *, optimize: bool = True,
                  threads: int | None = None) -> ort.InferenceSession:
+    threads = threads or SESSION_THREADS
     so = ort.SessionOptions()
     so.log_severity_level = 4  # failures surface as exceptions, not log lines on stderr
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
@@ -128,7 +147,7 @@ def make_session(model: onnx.ModelProto, device: str = "auto", *, optimize: bool
     if threads:
         so.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=providers(device))
+        return ort.InferenceSession(model.SerializeToString(), so, providers=_limited(providers(device)))
     except AuditError:
         raise
     except Exception as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from audit.cli import data_options, emit_json, preflight, preprocess_from
-from audit.errors import AuditError, ConversionError
+from audit.errors import AuditError
 
 
 @click.command("inspect")
@@ -16,54 +16,18 @@ from audit.errors import AuditError, ConversionError
 @data_options
 def inspect(model, data, limit, as_json, device, **kw):
     """Describe MODEL: layout, classes, output kind, probe layers, convertibility."""
-    from audit.converters.to_torch import to_torch
-    from audit.data import data_for
-    from audit.graphs.model import AuditModel
-    from audit.graphs.probe import find_probe_layers
-    from audit.reset import not_resettable
+    from audit.api import inspect as run_inspect
+    from audit.api import unusable
 
     preflight(device, models=[model], data=[data] if data else [], files=[kw["input_spec"]])
-    pp = preprocess_from(kw)
-    am = AuditModel.load(model, device=device)
-    info = am.info
-    layers = find_probe_layers(am.normalised, am.original)
-    report = {
-        "model": str(model), "producer": info.producer, "ir_version": info.ir_version,
-        "opset": info.opset, "input_name": info.input_name, "input_shape": list(info.input_shape),
-        "layout": info.layout, "channels": info.channels, "height": info.height,
-        "width": info.width, "num_classes": info.num_classes, "output_kind": info.output_kind,
-        "fixed_batch": am.fixed_batch, "rewrites": list(am.ctx.applied),
-        "assumptions": list(am.ctx.notes),
-        "probe_layers": [layer.to_dict() for layer in layers],
-        "not_resettable": None, "convertible": False, "conversion_error": None, "parity_max_abs": None,
-        "parity_rel": None, "accuracy": None, "n": None,
-    }
-    x_check = None
-    if data:
-        ds = data_for(am, data, limit=limit)
-        pred = am.predict(ds.x, pp)
-        report["accuracy"] = float((pred == ds.y).mean())
-        report["n"] = len(ds)
-        x_check = am.model_input(ds.x[:256], pp)
-    try:
-        tm = to_torch(am, x_check)
-        report["convertible"] = True
-        report["parity_max_abs"] = tm.parity_max_abs
-        report["parity_rel"] = tm.parity_rel
-        report["assumptions"] += tm.notes
-        report["not_resettable"] = not_resettable(tm, find_probe_layers(tm.graph, am.original))
-    except ConversionError as exc:
-        report["conversion_error"] = str(exc)
+    report = run_inspect(model, data, limit=limit, preprocess=preprocess_from(kw), device=device)
     if as_json:
         emit_json(report)
     else:
         _print(report)
-    if not layers:
-        ml = sorted({n.op_type for n in am.scored.graph.node if n.domain == "ai.onnx.ml"})
-        why = f" (its scores come from {', '.join(ml)}, which has no tensor weights to train)" if ml else ""
-        raise AuditError(f"{model}: no Conv, Gemm or MatMul layer to audit{why}")
-    if not report["convertible"]:
-        raise AuditError(f"{model}: cannot be converted to torch: {report['conversion_error']}")
+    problem = unusable(report)
+    if problem:
+        raise AuditError(f"{model}: {problem}")
     return 0
 
 
