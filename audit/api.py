@@ -115,8 +115,9 @@ def launder(model, data, output: str | os.PathLike | None = None, *,
     am = _model(model, device)
     subset = _data(am, data)
     bars = Bars(quiet)
+    bars.silent_prefixes = ("round ",)   # a log gets one line per round instead
     try:
-        result = launder_model(am, subset, pp, cfg, progress=bars)
+        result = launder_model(am, subset, pp, cfg, progress=bars, on_round=bars.round_line)
     finally:
         bars.close()
     if output is not None:

@@ -123,25 +123,37 @@ def verify_zoo(d: dict) -> str:
 
 def detect_models(d: dict) -> str:
     rows = []
+    wide = [m for m in d["models"] if m["kind"].startswith("wide")]
     for m in d["models"]:
+        if m in wide:
+            continue
         t = m["expected_target"]
         l1 = m["l1_scale"]
         idx = m["target_anomaly_index"] if t is not None else m["max_anomaly_index"]
-        l1_idx = l1["anomaly_index"][t] if t is not None else max(l1["anomaly_index"])
         rows.append([m["name"], m["kind"], "–" if t is None else str(t),
+                     ",".join(map(str, m["candidates"])) or "none",
                      ",".join(map(str, m["flagged"])) or "none", f"{idx:.2f}",
-                     ",".join(map(str, l1["flagged"])) or "none", f"{l1_idx:.2f}",
-                     yes(m["pass"])])
+                     ",".join(map(str, l1["flagged"])) or "none", yes(m["pass"])])
     s = d["summary"]
+    wide_line = ""
+    if wide:
+        twins = [m for m in wide if m["expected_target"] is None]
+        marks = [m for m in wide if m["expected_target"] is not None]
+        wide_line = (f" Wide zoo (dev draws with a content or noise mark, and their twins): "
+                     f"targets flagged {sum(m['pass'] for m in marks)}/{len(marks)}, twins "
+                     f"flagged {sum(bool(m['flagged']) for m in twins)}/{len(twins)} "
+                     f"({sum(bool(m['candidates']) for m in twins)}/{len(twins)} before "
+                     "confirmation).")
     return section(
-        "Backdoor detection", "python bench/detect_models.py", d.get("commit"),
-        table(["model", "kind", "target", "flagged (log, default)", "index", "flagged (l1)",
-               "index (l1)", "pass"], rows),
+        "Backdoor detection", "python bench/detect_models.py --wide 32", d.get("commit"),
+        table(["model", "kind", "target", "candidates (index > 2)", "flagged (confirmed)",
+               "index", "flagged (l1, unconfirmed)", "pass"], rows),
         f"{d['what']}. The index is the target's, or the largest when there is no target. "
-        f"Default scale: targets flagged {s['backdoored_target_flagged']}, third-party clean "
-        f"models not flagged {s['third_party_clean_not_flagged']}; `--anomaly-scale l1`: "
-        f"{s['l1_scale']['backdoored_target_flagged']} and "
-        f"{s['l1_scale']['third_party_clean_not_flagged']}. " + machine_line(d.get("machine")))
+        f"All clean models: {s['clean_flagged']} flagged ({s['clean_candidates_unconfirmed']} "
+        f"with a candidate before confirmation); backdoored and zoo-watermarked targets flagged "
+        f"{s['backdoored_target_flagged']}; `--anomaly-scale l1`: "
+        f"{s['l1_scale']['backdoored_target_flagged']} and {s['l1_scale']['clean_flagged']} "
+        f"clean models flagged.{wide_line} " + machine_line(d.get("machine")))
 
 
 def demo(d: dict) -> str:
@@ -315,6 +327,16 @@ def replace_block(text: str, name: str, body: str, where: str = "README.md") -> 
     return text[:i + len(begin)] + "\n" + body.rstrip() + "\n" + text[j:]
 
 
+def scan_speed(d: dict) -> str:
+    rows = [[r["mode"], str(r["models"]), f"{r['seconds']:.0f}", f"{r['models_per_minute']:.2f}"]
+            for r in d["rows"]]
+    return section(
+        "Scan throughput", f"python bench/scan.py --models {d['models']}", d.get("commit"),
+        table(["mode", "models", "s", "models / minute"], rows),
+        f"{d['what']}. Same verdicts in every mode: {yes(d['same_verdicts_in_every_mode'])}. "
+        + machine_line(d.get("machine")))
+
+
 def render_readme() -> str:
     text = README.read_text()
     d = load("exporters.json")
@@ -342,6 +364,7 @@ def render() -> str:
     if d:
         out.append(launder_badnets(d))
     for name, fn in (("verify_zoo.json", verify_zoo), ("detect_models.json", detect_models),
+                     ("scan.json", scan_speed),
                      ("demo.json", demo), ("launder_timing.json", launder_timing),
                      ("nc_speed.json", nc_speed)):
         d = load(name)

@@ -97,7 +97,8 @@ def _fit(model: nn.Module, xa: torch.Tensor, ya: torch.Tensor, is_clean: torch.T
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     pre = recipe.preprocess
-    bar = tqdm(range(recipe.epochs), desc=desc, file=sys.stderr, disable=quiet, leave=False)
+    bar = tqdm(range(recipe.epochs), desc=desc, file=sys.stderr, leave=False,
+               disable=quiet or not sys.stderr.isatty())   # no bar frames in a log
     for _ in bar:
         order = torch.randperm(len(ya), generator=gen)
         total, count = 0.0, 0

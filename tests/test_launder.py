@@ -463,7 +463,7 @@ def test_failure_while_writing_leaves_no_partial_file(zoo, tmp_path, capsys, mon
     import audit.graphs.io as gio
     from audit.launder import LaunderResult
 
-    def fake_launder_model(am, subset, pp, cfg, progress=None):
+    def fake_launder_model(am, subset, pp, cfg, progress=None, on_round=None):
         return LaunderResult(model=am, rounds=[], best_round=0, stop_reason="test",
                              original_least_likely=0, subset_accuracy_before=1.0,
                              subset_accuracy_after=1.0, seconds=0.0)
@@ -614,7 +614,7 @@ def stub_launder(tmp_path, monkeypatch) -> dict:
 
     seen: dict = {}
 
-    def fake_launder_model(am, subset, pp, cfg, progress=None):
+    def fake_launder_model(am, subset, pp, cfg, progress=None, on_round=None):
         seen["cfg"] = cfg
         return LaunderResult(model=am, rounds=[], best_round=0, stop_reason="stub",
                              original_least_likely=0, subset_accuracy_before=1.0,

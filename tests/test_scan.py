@@ -188,6 +188,18 @@ def test_empty_folder_and_missing_path(tmp_path, capsys):
     assert len(err) == 2
 
 
+def test_a_pipe_is_refused_never_opened(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    assert scan(fifo) == 2   # opening it would block: it must not be opened
+    assert capsys.readouterr().err.strip() == f"error: {fifo}: not a regular file or a folder"
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "sub" / "pipe.onnx")
+    assert scan(tmp_path / "sub") == 3   # a folder search skips it
+
+
 @pytest.mark.parametrize("text, words", [
     ("anomaly_treshold = 2", ["unknown key 'anomaly_treshold'", "did you mean 'anomaly_threshold'"]),
     ("fail_on = 'sometimes'", ["fail_on must be suspected or error or never"]),

@@ -24,15 +24,15 @@ def scan_model(path: str, policy: ModelPolicy, device: str = "cpu", pictures: st
     pictures: a folder for the model's detect report and its flagged classes' triggers (in a
     subfolder named after the model's sha256)."""
     t0 = time.perf_counter()
-    rec = {"path": str(path), "sha256": None, "policy_key": policy.key(), "verdict": "error",
-           "fails": False, "reasons": [], "inspect": None, "detect": None, "verify": [],
-           "pictures": {},
-           "error": None, "seconds": {}}
+    rec = empty_record(path, policy)
     try:
-        rec["sha256"] = sha256_file(path)
+        if rec["sha256"] is None:
+            rec["sha256"] = sha256_file(path)   # raises the reason it cannot be read
         _run(rec, Path(path), policy, device, pictures)
     except AuditError as exc:
         rec["error"] = one_line(exc.format_message())
+    except OSError as exc:
+        rec["error"] = f"{path}: cannot read: {exc.strerror or exc}"
     except Exception as exc:   # a worker never dies on one model
         rec["error"] = f"internal error: {type(exc).__name__}: {one_line(exc)}"
     except BaseException as exc:   # SystemExit and the like from library code
@@ -41,6 +41,17 @@ def scan_model(path: str, policy: ModelPolicy, device: str = "cpu", pictures: st
     rec["verdict"] = verdict(rec)
     rec["fails"] = fails(rec["verdict"], policy.fail_on)
     return rec
+
+
+def empty_record(path: str, policy: ModelPolicy) -> dict:
+    sha = None
+    try:
+        sha = sha256_file(path)
+    except OSError:
+        pass
+    return {"path": str(path), "sha256": sha, "policy_key": policy.key(), "verdict": "error",
+            "fails": False, "reasons": [], "inspect": None, "detect": None, "verify": [],
+            "pictures": {}, "error": None, "seconds": {}}
 
 
 def _run(rec: dict, path: Path, policy: ModelPolicy, device: str, pictures: str | None) -> None:

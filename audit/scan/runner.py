@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +51,10 @@ def find_models(paths: list[str]) -> list[str]:
                 rel = f.relative_to(p).parts
                 if f.is_file() and not any(part.startswith(".") for part in rel):
                     found.setdefault(str(f), None)
-        else:
+        elif p.is_file():
             found.setdefault(str(p), None)
+        else:   # a pipe or a device is never opened
+            raise AuditError(f"{p}: not a regular file or a folder")
     if not found:
         raise NothingToScan(f"nothing to scan: no .onnx file in {', '.join(map(str, paths))}")
     return list(found)
@@ -135,11 +138,26 @@ def run_local(jobs: list[Job], workers: int, on_result: OnResult, device: str = 
     ctx = mp.get_context("spawn")   # no fork of a process that holds torch or onnxruntime threads
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
                              initializer=_single_threaded) as pool:
-        pending = {pool.submit(scan_model, j.path, j.policy, device, j.pictures) for j in jobs}
+        pending = {pool.submit(scan_model, j.path, j.policy, device, j.pictures): j for j in jobs}
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
-                on_result(fut.result())
+                job = pending.pop(fut)
+                try:
+                    on_result(fut.result())
+                except BrokenProcessPool as exc:   # a worker killed (out of memory, a crash)
+                    on_result(lost(job, exc))
+
+
+def lost(job: Job, exc: BaseException) -> Record:
+    """The record of a job whose worker died before it could report."""
+    from audit.errors import one_line
+    from audit.scan.job import empty_record
+
+    rec = empty_record(job.path, job.policy)
+    rec["error"] = f"the worker scanning it died: {type(exc).__name__}: {one_line(exc)}"
+    rec["fails"] = fails("error", job.policy.fail_on)
+    return rec
 
 
 def _single_threaded() -> None:
@@ -174,11 +192,15 @@ def run_ray(jobs: list[Job], address: str | None, on_result: OnResult,
         gpus = float(ray.cluster_resources().get("GPU", 0))
         share = gpu_share if gpus > 0 else 0.0
         task = ray.remote(num_cpus=1, num_gpus=share)(_ray_task)
-        pending = [task.remote(j.path, j.policy, share, j.pictures) for j in jobs]
+        pending = {task.remote(j.path, j.policy, share, j.pictures): j for j in jobs}
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                on_result(ray.get(ref))
+                job = pending.pop(ref)
+                try:
+                    on_result(ray.get(ref))
+                except ray.exceptions.RayError as exc:   # the task or its worker died
+                    on_result(lost(job, exc))
     finally:
         if started:
             ray.shutdown()
