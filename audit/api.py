@@ -232,15 +232,20 @@ def detect(model, data, *, preprocess: Preprocess | None = None, config=None,
                    flagged=[c.cls for c in checks if c.confirmed])
     out["suspected"] = bool(out["flagged"])
     if report_dir is not None:
-        folder = Path(report_dir)
-        write_recovery_pngs(folder, rec, ds.x[0], None if pictures == "all" else out["flagged"])
-        write_json(folder / "report.json", {
-            "schema_version": SCHEMA_VERSION, "tool": f"audit {__version__}", "command": "detect",
-            "inputs": {"model_sha256": sha256_file(am.path) if am.path else None,
-                       "data": str(data) if not isinstance(data, Dataset) else ds.source,
-                       "data_sha256": input_digest(data) if not isinstance(data, Dataset) else None},
-            "preprocess": pp.to_dict(), **out})
+        write_recovery_pngs(report_dir, rec, ds.x[0], None if pictures == "all" else out["flagged"])
+        _write_detect_report(Path(report_dir) / "report.json", am, data, ds, pp, out)
     return out
+
+
+def _write_detect_report(path: Path, am: AuditModel, data, ds: Dataset, pp: Preprocess,
+                         out: dict) -> None:
+    given = not isinstance(data, Dataset)
+    write_json(path, {
+        "schema_version": SCHEMA_VERSION, "tool": f"audit {__version__}", "command": "detect",
+        "inputs": {"model_sha256": sha256_file(am.path) if am.path else None,
+                   "data": str(data) if given else ds.source,
+                   "data_sha256": input_digest(data) if given else None},
+        "preprocess": pp.to_dict(), **out})
 
 
 def _detection_split(ds: Dataset, max_images: int | None, seed: int, confirm: bool
