@@ -20,7 +20,8 @@ from audit.cli import DEVICE, preflight
 @click.option("--data", type=click.Path(), default=None,
               help="Clean labelled images for models whose policy names none.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown", "sarif", "junit"]),
-              default=None, help="Report format (default text; an -o file's extension otherwise).")
+              default=None, help="Report format: on stdout (default text), or of a single -o "
+                                 "file (default: from its extension).")
 @click.option("-o", "--output", "outputs", type=click.Path(dir_okay=False), multiple=True,
               help="Write the report here (repeatable; .json .sarif .md .xml .txt pick the format).")
 @click.option("--fail-on", type=click.Choice(["suspected", "error", "never"]), default=None,
