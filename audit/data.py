@@ -109,9 +109,9 @@ def _as_float_tuple(value: Any, what: str) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _parse_number_list(text: str | float, what: str) -> tuple[float, ...]:
-    """Parse a CLI value ``"0.5"`` / ``"0.485,0.456,0.406"`` (or a plain number)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
+def _parse_number_list(text: str | float | tuple | list, what: str) -> tuple[float, ...]:
+    """Parse a CLI value ``"0.5"`` / ``"0.485,0.456,0.406"`` (or a plain number, or numbers)."""
+    if isinstance(text, (int, float, list, tuple)) and not isinstance(text, bool):
         return _as_float_tuple(text, what)
     parts = [p.strip() for p in str(text).split(",")]
     try:
@@ -178,8 +178,8 @@ class Preprocess:
         object.__setattr__(self, "std", std)
 
     @classmethod
-    def from_options(cls, scale: float | None, mean: str | float | None,
-                     std: str | float | None, spec_file: str | None) -> Preprocess:
+    def from_options(cls, scale: float | None, mean: str | float | tuple | None,
+                     std: str | float | tuple | None, spec_file: str | None) -> Preprocess:
         """Build from CLI options; explicit options override the JSON ``spec_file``.
 
         ``mean``/``std`` may be ``"0.5"`` or ``"0.485,0.456,0.406"``; the spec file holds

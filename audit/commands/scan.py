@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import click
 
@@ -59,26 +58,20 @@ def scan(paths, policy_file, data, fmt, outputs, fail_on, workers, ray_address, 
 
 
 class Progress:
-    """A tqdm bar over models on a terminal; in a log, one plain line per model."""
+    """audit.progress.Bars over models: a bar on a terminal; in a log, one line per model."""
 
     def __init__(self, total: int, stream) -> None:
-        self.total, self.done, self.stream = total, 0, stream
-        self.t0 = time.perf_counter()
-        self.bar = None
-        if stream.isatty() and total:
-            from tqdm import tqdm
+        from audit.progress import Bars
 
-            self.bar = tqdm(total=total, desc="scan", unit="model", file=stream, leave=False)
+        self.total, self.done = total, 0
+        self.bars = Bars(stream=stream)
+        self.bars.silent_prefixes = ("scan",)   # the per-model lines say it all
 
     def __call__(self, rec: dict) -> None:
         self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            return
-        secs = rec["seconds"].get("total", 0)
-        print(f"[{self.done}/{self.total}] {rec['path']}: {rec['verdict']} ({secs:.1f} s)",
-              file=self.stream, flush=True)
+        self.bars("scan", self.done, self.total)
+        self.bars.line(f"[{self.done}/{self.total}] {rec['path']}: {rec['verdict']} "
+                       f"({rec['seconds'].get('total', 0):.1f} s)")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bars.close()

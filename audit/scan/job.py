@@ -26,8 +26,7 @@ def scan_model(path: str, policy: ModelPolicy, device: str = "cpu", pictures: st
     t0 = time.perf_counter()
     rec = empty_record(path, policy)
     try:
-        if rec["sha256"] is None:
-            rec["sha256"] = sha256_file(path)   # raises the reason it cannot be read
+        rec["sha256"] = sha256_file(path)
         _run(rec, Path(path), policy, device, pictures)
     except AuditError as exc:
         rec["error"] = one_line(exc.format_message())
@@ -44,18 +43,15 @@ def scan_model(path: str, policy: ModelPolicy, device: str = "cpu", pictures: st
 
 
 def empty_record(path: str, policy: ModelPolicy) -> dict:
-    sha = None
-    try:
-        sha = sha256_file(path)
-    except OSError:
-        pass
-    return {"path": str(path), "sha256": sha, "policy_key": policy.key(), "verdict": "error",
+    """A model's record before anything is known: verdict error, no results."""
+    return {"path": str(path), "sha256": None, "policy_key": policy.key(), "verdict": "error",
             "fails": False, "reasons": [], "inspect": None, "detect": None, "verify": [],
             "pictures": {}, "error": None, "seconds": {}}
 
 
 def _run(rec: dict, path: Path, policy: ModelPolicy, device: str, pictures: str | None) -> None:
     from audit import api
+    from audit.data import data_for
     from audit.graphs.model import AuditModel
 
     if policy.data is None:
@@ -63,14 +59,15 @@ def _run(rec: dict, path: Path, policy: ModelPolicy, device: str, pictures: str 
     pp = policy.preprocess()
     t = time.perf_counter()
     am = AuditModel.load(path, device=device)
-    rec["inspect"] = api.inspect(am, policy.data, limit=256, preprocess=pp, device=device)
+    ds = data_for(am, policy.data)   # read once: inspect takes its first 256 images, detect all
+    rec["inspect"] = api.inspect(am, ds.subset(slice(0, 256)), preprocess=pp, device=device)
     rec["seconds"]["inspect"] = round(time.perf_counter() - t, 3)
     problem = api.unusable(rec["inspect"])
     if problem:
         raise AuditError(problem)
     t = time.perf_counter()
     folder = Path(pictures) / rec["sha256"][:16] if pictures else None
-    d = api.detect(am, policy.data, preprocess=pp, config=DetectConfig().nc(epochs=policy.nc_epochs),
+    d = api.detect(am, ds, preprocess=pp, config=DetectConfig().nc(epochs=policy.nc_epochs),
                    seed=policy.seed, max_images=policy.max_images, confirm=policy.confirm,
                    threshold=policy.anomaly_threshold, report_dir=folder, pictures="flagged",
                    device=device)

@@ -79,8 +79,7 @@ class ModelPolicy:
     watermarks: tuple[Watermark, ...] = field(default_factory=tuple)
 
     def preprocess(self) -> Preprocess:
-        return Preprocess.from_options(self.scale, _as_text(self.mean), _as_text(self.std),
-                                       self.input_spec)
+        return Preprocess.from_options(self.scale, self.mean, self.std, self.input_spec)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -260,12 +259,8 @@ def _checked(table: dict, known: dict, root: Path, path: str, where: str) -> dic
         out[key] = value
     if "scale" in out or "mean" in out or "std" in out:
         try:
-            Preprocess.from_options(out.get("scale"), _as_text(out.get("mean")),
-                                    _as_text(out.get("std")), None)
+            Preprocess.from_options(out.get("scale"), out.get("mean"), out.get("std"), None)
         except DataError as exc:
             raise PolicyError(f"{path}: {where}: {exc}") from None
     return out
 
-
-def _as_text(v) -> str | None:
-    return None if v is None else ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
