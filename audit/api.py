@@ -12,7 +12,8 @@ from audit import __version__
 from audit.data import Dataset, Preprocess, data_for
 from audit.graphs.io import had_external_data, save_model, sha256_file
 from audit.graphs.model import AuditModel
-from audit.launder import LaunderConfig, LaunderResult, launder_model
+from audit.launder import LaunderConfig, LaunderResult
+from audit.methods import remove
 from audit.paths import (
     DETECT_REPORT,
     LAUNDER_REPORT,
@@ -108,7 +109,8 @@ def launder(model, data, output: str | os.PathLike | None = None, *,
             preprocess: Preprocess | None = None, config: LaunderConfig | None = None,
             report_dir: str | os.PathLike | None = None, device: str = "auto",
             quiet: bool = True) -> LaunderResult:
-    """Launder model (path or AuditModel) with data (path or Dataset); optionally write results."""
+    """Launder model (path or AuditModel) with data (path or Dataset); optionally write results.
+    config.method picks laundering (the default) or a removal baseline (audit.methods)."""
     cfg = config or LaunderConfig(device=device)
     pp = preprocess or Preprocess()
     _check_paths(model, data, output, report_dir, LAUNDER_REPORT)  # save_model checks again at the end
@@ -117,7 +119,7 @@ def launder(model, data, output: str | os.PathLike | None = None, *,
     bars = Bars(quiet)
     bars.silent_prefixes = ("round ",)   # a log gets one line per round instead
     try:
-        result = launder_model(am, subset, pp, cfg, progress=bars, on_round=bars.round_line)
+        result = remove(am, subset, pp, cfg, progress=bars, on_round=bars.round_line)
     finally:
         bars.close()
     if output is not None:

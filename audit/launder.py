@@ -16,15 +16,21 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from audit.converters.to_torch import to_torch
-from audit.converters.write_back import check_written, weight_tensors, write_back
+from audit.converters.write_back import weight_tensors, write_back
 from audit.data import Dataset, Preprocess
-from audit.errors import AuditError, DataError
+from audit.errors import AuditError
 from audit.forward import make_forward
 from audit.graphs import passes as P
-from audit.graphs import runtime
 from audit.graphs.model import AuditModel
-from audit.graphs.probe import ProbeLayer, find_probe_layers, mean_activations
+from audit.graphs.probe import ProbeLayer, mean_activations
+from audit.methods.base import (
+    LR_CANDIDATES,
+    Mirror,
+    fastest_of_best,
+    freeze,
+    torch_accuracy,
+    torch_loss,
+)
 from audit.nc import Recovery, recover, stamp
 from audit.ood import generate as ood_generate
 from audit.ood import palette
@@ -32,7 +38,6 @@ from audit.reset import (
     ResetMask,
     Threshold,
     choose_layers,
-    not_resettable,
     reestimate_batchnorm,
     reset_batchnorm_stats,
     reset_units,
@@ -87,24 +92,18 @@ class LaunderResult:
     recoveries: list[Recovery] = field(default_factory=list, repr=False)
     # hidden probe layers the reset cannot reach in the torch mirror: name -> why
     not_resettable: dict[str, str] = field(default_factory=dict)
+    method: str = "laundering"
+    # a baseline's account of what it did (audit.methods); None for laundering
+    baseline: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"rounds": [asdict(r) for r in self.rounds], "best_round": self.best_round,
+        return {"method": self.method, "baseline": self.baseline,
+                "rounds": [asdict(r) for r in self.rounds], "best_round": self.best_round,
                 "stop_reason": self.stop_reason, "original_least_likely": self.original_least_likely,
                 "not_resettable": self.not_resettable,
                 "subset_accuracy_before": self.subset_accuracy_before,
                 "subset_accuracy_after": self.subset_accuracy_after, "seconds": self.seconds,
                 "output": str(self.output) if self.output else None}
-
-
-def _check_subset(ds: Dataset, num_classes: int) -> None:
-    classes = ds.classes()
-    if len(classes) < 2:
-        raise DataError(f"{ds.source}: the laundering subset needs at least 2 classes, "
-                        f"found {len(classes)}")
-    if classes.max() >= num_classes:
-        raise DataError(f"{ds.source}: label {int(classes.max())} outside the model's classes "
-                        f"0..{num_classes - 1}")
 
 
 @dataclass(frozen=True)
@@ -268,35 +267,28 @@ class Launderer:
         self.progress, self.on_round = progress, on_round
         if not 0 < config.shrink <= 1:
             raise AuditError(f"shrink must be in (0, 1], got {config.shrink}")
-        self.t_start = time.perf_counter()
-        self.k = am.info.num_classes
-        _check_subset(subset, self.k)
-        torch.manual_seed(config.seed)
-        # torch's side of --device: the module, the teacher, Neural Cleanse and retraining run
-        # there; random numbers are still drawn on the CPU, so CPU runs do not change
-        self.device = runtime.torch_device(config.device)
         self.dense_t = Threshold.parse(config.dense_threshold)
         self.conv_t = Threshold.parse(config.conv_threshold)
-        self.x_check = am.model_input(subset.x[:128], preprocess)
-        self.tm = to_torch(am, self.x_check, device=self.device)
-        self.forward = make_forward(self.tm, preprocess)
-        self.layers = find_probe_layers(self.tm.graph, am.original)
-        self.not_resettable = not_resettable(self.tm, self.layers)
+        # the module, the teacher, Neural Cleanse and retraining run on the mirror's device
+        self.mirror = m = Mirror(am, subset, preprocess, config)
+        self.t_start, self.k, self.device, self.x_check = m.t_start, m.k, m.device, m.x_check
+        self.tm, self.forward, self.layers, self.not_resettable = m.tm, m.forward, m.layers, \
+            m.not_resettable
         for name, why in self.not_resettable.items():
             log.info("layer %s is not reset: %s", name, why)
         self.targets = choose_layers(self.layers, config.layers, self.not_resettable)
-        self.acc_before = am.accuracy(subset.x, subset.y, preprocess)
+        self.acc_before = m.accuracy_before()
         self.teacher = self._teacher() if config.retrain.distill > 0 else None
         self.tm.module.eval()
         self.ood_shares = _ood_shares(self.forward, subset, self.k, config.seed,  # the original's
                                       self.device)
         self.probe = Probe(am, self.tm, preprocess, self.targets)
-        self.state = LaunderState(stop=f"completed {config.rounds} round(s)")
+        self.state = LaunderState(keep=m.keep, stop=f"completed {config.rounds} round(s)")
 
     def _teacher(self):
         """The original model, untouched: a frozen copy of the module before any reset."""
         teacher_tm = replace(self.tm, module=copy.deepcopy(self.tm.module).to(self.device))
-        _freeze(teacher_tm.module, True)
+        freeze(teacher_tm.module, True)
         return make_forward(teacher_tm, self.preprocess)
 
     def _bar(self, r: int, step: str):
@@ -322,12 +314,12 @@ class Launderer:
         False when the round stops here."""
         cfg, st, r = self.cfg, self.state, work.round
         t = time.perf_counter()
-        _freeze(self.tm.module, True)
+        freeze(self.tm.module, True)
         nc = cfg.nc if r == 1 or cfg.nc_epochs_later is None else \
             replace(cfg.nc, epochs=min(cfg.nc.epochs, cfg.nc_epochs_later))
         rec = work.rec = recover(self.forward, self.subset.x, self.k, nc, seed=cfg.seed + r,
                                  progress=self._bar(r, "recover"), device=self.device)
-        _freeze(self.tm.module, False)
+        freeze(self.tm.module, False)
         work.times["recover"] = time.perf_counter() - t
         st.recoveries.append(rec)
         if st.least_likely is None:
@@ -473,14 +465,14 @@ class Launderer:
                     distill_mask=data.distill, ood=data.ood, ood_label=parts.sink, device=self.device)
             # held-out cross-entropy: continuous, so it separates rates that a few dozen
             # images' accuracy cannot
-            clean = _torch_loss(self.forward, parts.subset.x[hold], parts.subset.y[hold], self.device)
-            stamped = _torch_loss(self.forward, parts.stamped[ho_idx], parts.stamped_y[ho_idx],
+            clean = torch_loss(self.forward, parts.subset.x[hold], parts.subset.y[hold], self.device)
+            stamped = torch_loss(self.forward, parts.stamped[ho_idx], parts.stamped_y[ho_idx],
                                   self.device)
             scores[f"{lr:g}:clean"], scores[f"{lr:g}:stamped"] = clean, stamped
             scores[f"{lr:g}"] = -(clean + stamped) / 2
         module.load_state_dict(start)
         keep.apply()
-        return _fastest_of_best({lr: scores[f"{lr:g}"] for lr in tried}), scores
+        return fastest_of_best({lr: scores[f"{lr:g}"] for lr in tried}), scores
 
     # ------------------------------------------------------------------ keep
     def keep(self, work: RoundWork) -> None:
@@ -492,8 +484,8 @@ class Launderer:
             units_reset=work.units_reset, thresholds=work.cutoffs, lr=work.retrain_cfg.lr,
             distill=work.retrain_cfg.distill, shrink=work.shrink,
             lr_scores=st.lr_scores if work.round == 1 else {},
-            subset_accuracy=_torch_accuracy(self.forward, self.subset.x, self.subset.y, self.device),
-            stamped_accuracy=_torch_accuracy(self.forward, work.stamped, work.stamped_y, self.device),
+            subset_accuracy=torch_accuracy(self.forward, self.subset.x, self.subset.y, self.device),
+            stamped_accuracy=torch_accuracy(self.forward, work.stamped, work.stamped_y, self.device),
             losses=work.losses, seconds=work.times)
         st.rounds.append(result)
         if self.on_round:
@@ -506,11 +498,7 @@ class Launderer:
         best_round = _best_round(st.rounds, KEEP_TOLERANCE)
         if best_round:
             self.tm.module.load_state_dict(st.weights[best_round])
-        # the weights come back to the CPU, where write-back is checked against onnxruntime
-        self.tm.module.to("cpu")
-        laundered = write_back(self.tm)
-        check_written(laundered, self.tm, self.x_check)
-        out = AuditModel.from_proto(laundered, device=self.am.device)
+        out = self.mirror.written_back()
         return LaunderResult(
             model=out, rounds=st.rounds, best_round=best_round, stop_reason=st.stop,
             original_least_likely=int(st.least_likely if st.least_likely is not None else -1),
@@ -647,38 +635,3 @@ def _ood_stream(n: int, subset: Dataset, seed: int, cache_bytes: int = 64 << 20)
         return ood_generate(n, shape, seed * 1000 + epoch, pal=pal)
 
     return ood
-
-
-LR_CANDIDATES = (1e-3, 3e-4, 1e-4)
-# scores within LR_TIE (relative) of the best are a tie, won by the fastest rate: a fifth of a
-# small subset cannot separate them, and the faster rate moves the model further from the
-# watermarked original
-LR_TIE = 0.05
-
-
-def _fastest_of_best(score: dict[float, float], tie: float = LR_TIE) -> float:
-    """The fastest rate whose score (higher is better) is within tie (relative) of the best."""
-    top = max(score.values())
-    return max(lr for lr, v in score.items() if v >= top - tie * abs(top))
-
-
-@torch.no_grad()
-def _torch_loss(forward, x01: np.ndarray, y: np.ndarray, device: torch.device | str = "cpu") -> float:
-    logits = forward(torch.from_numpy(x01).to(device))
-    return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y.astype(np.int64)).to(device)))
-
-
-@torch.no_grad()
-def _torch_accuracy(forward, x01: np.ndarray, y: np.ndarray, device: torch.device | str = "cpu",
-                    batch_size: int = 256) -> float:
-    correct = 0
-    for i in range(0, len(x01), batch_size):
-        pred = forward(torch.from_numpy(x01[i:i + batch_size]).to(device)).argmax(1).cpu().numpy()
-        correct += int((pred == y[i:i + batch_size]).sum())
-    return correct / max(len(y), 1)
-
-
-def _freeze(module: torch.nn.Module, frozen: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(not frozen)
-    module.eval()

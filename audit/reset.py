@@ -116,10 +116,14 @@ class ResetMask:
         self._fixed: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # tensor, mask, value
 
     def add(self, tensor: torch.Tensor, rows: np.ndarray, value: float) -> None:
+        """Hold the rows (units) of tensor at value."""
         mask = torch.zeros_like(tensor, dtype=torch.bool)
         mask[torch.as_tensor(rows, dtype=torch.long).to(tensor.device)] = True
-        fill = torch.full_like(tensor, value)
-        self._fixed.append((tensor, mask, fill))
+        self.add_mask(tensor, mask, value)
+
+    def add_mask(self, tensor: torch.Tensor, mask: torch.Tensor, value: float) -> None:
+        """Hold the elements of tensor where mask (bool, tensor's shape) is true at value."""
+        self._fixed.append((tensor, mask.to(tensor.device), torch.full_like(tensor, value)))
         self.apply()
 
     @torch.no_grad()

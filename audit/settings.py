@@ -101,6 +101,29 @@ class RetrainConfig:
         return max(1, round(0.07 * min(h, w))) if self.augment else 0
 
 
+#: `audit launder --method`: laundering and the removal baselines it is compared with
+#: (audit.methods; docs/method.md, "Baselines")
+METHODS = ("laundering", "fine-tune", "prune", "fine-prune", "nc-unlearn", "i-bau")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """The removal baselines of `--method` (audit.methods); laundering ignores them."""
+
+    prune_share: float = setting(0.9, "prune: share of all Conv/Gemm weights zeroed (smallest "
+                                 "magnitude first); fine-prune: share of the last conv layer's "
+                                 "channels zeroed (least active on clean images first).",
+                                 min=0, max=1, max_open=True)
+    unlearn_share: float = setting(0.2, "nc-unlearn: share of the subset stamped with the "
+                                   "recovered triggers of flagged classes (true labels).",
+                                   min=0, max=1, min_open=True)
+    ibau_rounds: int = setting(5, "i-bau: rounds of (universal perturbation, unlearning pass "
+                               "over the subset).", min=1, max=100)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class LaunderConfig:
     """Neural Network Laundering (audit.launder; docs/method.md)."""
@@ -155,6 +178,10 @@ class LaunderConfig:
                                  min=0, max=1)
     # checked as --device is (audit.graphs.runtime), before any work
     device: str = setting("auto", "Where onnxruntime and torch run: auto, cpu or cuda.")
+    method: str = setting("laundering", "Removal method: laundering, or a baseline to compare it "
+                          "with: fine-tune, prune, fine-prune, nc-unlearn, i-bau (same subset, "
+                          "same retraining budget; docs/method.md).", choices=METHODS)
+    baseline: BaselineConfig = setting(help="Settings of the baselines.", factory=BaselineConfig)
 
     def to_dict(self) -> dict:
         """Every effective value: the settings, and the Neural Cleanse constants (nc.schedule)."""

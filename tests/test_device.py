@@ -274,7 +274,7 @@ def test_launder_sends_module_teacher_triggers_and_batches_to_the_device(tiny, f
     # the original model's OOD predictions, the learning-rate trials' hold-out, the round's
     # accuracies and the BatchNorm re-estimation
     assert any(t.shape == (250, *SHAPE) for t in tensors("_ood_shares"))
-    assert tensors("_torch_loss") and tensors("_torch_accuracy")
+    assert tensors("torch_loss") and tensors("torch_accuracy")
     assert any(t.shape == (N, *SHAPE) for t in tensors("reestimate_batchnorm"))
     # the kept weights come back to the CPU for write-back
     assert {p.device for p in lau.tm.module.parameters()} == {torch.device("cpu")}

@@ -253,7 +253,7 @@ def test_output_is_the_same_graph_with_new_weights(zoo, laundered):
 
 
 def test_learning_rate_ties_go_to_the_fastest_rate():
-    from audit.launder import _fastest_of_best
+    from audit.methods.base import fastest_of_best as _fastest_of_best
 
     # digits Adi after the shrunk warm start: 3e-4 "wins" by 0.016 of 0.96, a tie
     assert _fastest_of_best({1e-3: -0.9768, 3e-4: -0.9609}) == 1e-3
@@ -472,7 +472,7 @@ def test_failure_while_writing_leaves_no_partial_file(zoo, tmp_path, capsys, mon
         Path(path).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(audit.api, "launder_model", fake_launder_model)
+    monkeypatch.setattr(audit.api, "remove", fake_launder_model)
     monkeypatch.setattr(gio.onnx, "save_model", failing_save)
     out = tmp_path / "sub" / "out.onnx"
     rc, _, err = cli(capsys, "launder", zoo["entry"].watermarked, "--data", zoo["subset"],
@@ -586,7 +586,7 @@ def test_badnets_mnist_launder(shared_data, tmp_path, one_thread):
 
 # ------------------------------------------------------------------------------------------
 # settings: `--config FILE.toml` (keys = audit.settings.LaunderConfig fields), hidden flags that
-# keep working and override the file; launder_model is replaced by a stub that records the
+# keep working and override the file; audit.api.remove is replaced by a stub that records the
 # settings it gets, on a tiny hand-made model
 
 
@@ -608,7 +608,7 @@ def _tiny_model(path: Path) -> Path:
 
 @pytest.fixture
 def stub_launder(tmp_path, monkeypatch) -> dict:
-    """A tiny model and subset, and audit.api.launder_model replaced: it records its config."""
+    """A tiny model and subset, and audit.api.remove replaced: it records its config."""
     import audit.api
     from audit.launder import LaunderResult
 
@@ -620,7 +620,7 @@ def stub_launder(tmp_path, monkeypatch) -> dict:
                              original_least_likely=0, subset_accuracy_before=1.0,
                              subset_accuracy_after=1.0, seconds=0.0)
 
-    monkeypatch.setattr(audit.api, "launder_model", fake_launder_model)
+    monkeypatch.setattr(audit.api, "remove", fake_launder_model)
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (12, 8, 8)).astype(np.uint8)
     data = tmp_path / "subset.npz"
@@ -743,9 +743,10 @@ def test_help_shows_the_main_options_and_hides_the_rest(capsys):
     assert rc == 0
     shown = {w for line in out.splitlines() for w in line.split() if w.startswith("--")}
     assert {"--config", "--rounds", "--seed", "--epochs", "--lr", "--layers", "--device",
-            "--dense-threshold", "--conv-threshold", "--report", "--quiet"} <= shown
-    assert not shown & {"--nc-steps", "--shrink", "--ood-share", "--distill", "--batch-size"}
-    assert len(shown) <= 18
+            "--dense-threshold", "--conv-threshold", "--report", "--quiet", "--method"} <= shown
+    assert not shown & {"--nc-steps", "--shrink", "--ood-share", "--distill", "--batch-size",
+                        "--prune-share"}
+    assert len(shown) <= 19
 
 
 def test_settings_are_frozen_documented_and_detect_keeps_its_own_scale():
@@ -753,9 +754,9 @@ def test_settings_are_frozen_documented_and_detect_keeps_its_own_scale():
 
     from audit import api
     from audit.config import toml_keys
-    from audit.settings import DetectConfig, LaunderConfig, NCConfig, RetrainConfig
+    from audit.settings import BaselineConfig, DetectConfig, LaunderConfig, NCConfig, RetrainConfig
 
-    for cls in (LaunderConfig, NCConfig, RetrainConfig, DetectConfig):
+    for cls in (LaunderConfig, NCConfig, RetrainConfig, DetectConfig, BaselineConfig):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -765,7 +766,7 @@ def test_settings_are_frozen_documented_and_detect_keeps_its_own_scale():
     from audit.settings import NC_SCHEDULE, RETIRED
 
     keys = toml_keys(LaunderConfig)
-    assert not set(RETIRED) & set(keys) and len(keys) == 28
+    assert not set(RETIRED) & set(keys) and len(keys) == 32
     assert all(RETIRED[f"nc.{k}"] == v for k, v in dataclasses.asdict(NC_SCHEDULE).items())
     assert NCConfig().anomaly_scale == "l1" and DetectConfig().nc().anomaly_scale == "log"
     sig = inspect.signature(api.detect).parameters

@@ -37,6 +37,8 @@ def setting(path: str, *decls: str, **kw):
 @setting("layers", "--layers")
 @setting("retrain.epochs", "--epochs")
 @setting("retrain.lr", "--lr")
+@setting("method", "--method")
+@setting("baseline.prune_share", "--prune-share", hidden=True)
 # hidden: set them in --config; the flags keep working and override the file
 @setting("early_stop", "--early-stop/--no-early-stop", hidden=True)
 @setting("retrain.batch_size", "--batch-size", hidden=True)
@@ -53,7 +55,9 @@ def setting(path: str, *decls: str, **kw):
 @data_options
 @click.pass_context
 def launder(ctx, model, data, output, report_dir, config_file, quiet, device, **kw):
-    """Launder MODEL: recover triggers, reset the units they drive, retrain; write -o."""
+    """Launder MODEL: recover triggers, reset the units they drive, retrain; write -o.
+
+    --method runs a removal baseline instead, on the same subset and budget (docs/method.md)."""
     from audit.api import launder as run_launder
     from audit.paths import LAUNDER_REPORT, model_has_external_data, output_file, output_folder
     from audit.reset import Threshold
@@ -82,6 +86,15 @@ def launder(ctx, model, data, output, report_dir, config_file, quiet, device, **
 
 def _summary(res, output, report_dir) -> None:
     e = click.echo
+    if res.method != "laundering":
+        e(f"{res.method} -> {output}   ({res.seconds:.1f} s)")
+        note = res.baseline.get("note")
+        if note:
+            e(f"note: {note}")
+        e(f"subset accuracy {res.subset_accuracy_before:.4f} -> {res.subset_accuracy_after:.4f}")
+        if report_dir:
+            e(f"report: {report_dir}/report.json")
+        return
     e(f"laundered -> {output}   ({res.seconds:.1f} s, {len(res.rounds)} round(s); {res.stop_reason})")
     e(f"{'round':>5}  {'flagged':<10} {'likely':>6} {'least':>5} {'max idx':>7} "
       f"{'units reset':>11} {'subset acc':>10}")
