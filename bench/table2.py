@@ -1,0 +1,228 @@
+"""The paper's Table 2 and Figure 3, regenerated: laundering against five removal baselines.
+
+For each watermark scheme of the zoo (Zhang et al. content / noise / unrelated, Adi et al.
+abstract images), each method of `audit launder --method` and each subset size (a share of the
+original training set, or one image per class), the watermarked zoo model is laundered from a
+stratified subset (one per subset seed) and measured: test accuracy and watermark accuracy
+before -> after (onnxruntime, on the written ONNX), the vanilla twin's watermark accuracy,
+`audit verify`'s exact binomial p-value and verdict (alpha 0.01), and wall time. Laundering's
+test and watermark accuracy after each round (torch mirror) give Figure 3.
+
+Rows are kept in bench/results/table2.json under (dataset, scheme, method, size, seed), so
+that runs of parts accumulate; each row names the commit it was measured at, and every run's
+command, commit and wall time is listed under "runs". bench/results/figure3.png is drawn from
+the rows (matplotlib: `pip install -e ".[bench]"`); docs/results.md's Table 2 by
+bench/results_doc.py.
+
+MNIST: the paper's Table-5 net, 60,000 training images. CIFAR-10: the paper's Table-7 net
+trained on what ../shared/data/cifar10 holds (8,000 of the JPEG-decoded test images, plus the
+499 lossless training images; 2,000 held out for testing): its subsets are shares of the
+50,000 images of the full training set, as the paper's (0.6% = 300 images).
+
+Usage: python bench/table2.py --quick            (MNIST, 0.6%, subset seed 0: <= 30 min on 2 cores)
+       python bench/table2.py [--dataset mnist|cifar10] [--schemes ...] [--methods ...]
+                              [--sizes 1/class 0.6 1.2 6 10.8] [--seeds 0 1 2] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import common  # noqa: E402
+
+SCHEMES = ("content", "noise", "unrelated", "adi")
+METHODS = ("laundering", "fine-tune", "prune", "fine-prune", "nc-unlearn", "i-bau")
+#: subset size -> share of the original training set (None: one image per class)
+SIZES = {"1/class": None, "0.6": 0.006, "1.2": 0.012, "6": 0.06, "10.8": 0.108}
+FULL_TRAIN = {"mnist": 60_000, "cifar10": 50_000}
+GEOMETRY = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+ALPHA = 0.01
+
+
+def subset_size(dataset: str, size: str, num_classes: int = 10) -> int:
+    share = SIZES[size]
+    return num_classes if share is None else int(round(share * FULL_TRAIN[dataset]))
+
+
+def _data(dataset: str, entry):
+    """(train, test) of a zoo entry: MNIST from ../shared/data, CIFAR-10 from the entry."""
+    from audit.data import load_dataset
+
+    if dataset == "mnist":
+        return common.mnist("train"), common.mnist("test")
+    c, h, w = GEOMETRY[dataset]
+    return tuple(load_dataset(entry.data_dir / f"{s}.npz", channels=c, height=h, width=w)
+                 for s in ("train", "test"))
+
+
+def run_row(job: dict) -> dict:
+    """One (dataset, scheme, method, size, seed) row, in a worker with one torch thread."""
+    common.set_threads(1)
+    import numpy as np
+    import torch
+
+    from audit.data import Preprocess, load_dataset, stratified_subset
+    from audit.graphs.model import AuditModel
+    from audit.methods import remove
+    from audit.models_zoo.build import built_entry
+    from audit.settings import LaunderConfig
+    from audit.verify import verify_predictions
+
+    entry = built_entry(job["zoo"])
+    c, h, w = GEOMETRY[job["dataset"]]
+    train, test = _data(job["dataset"], entry)
+    trig = load_dataset(entry.triggers, channels=c, height=h, width=w)
+    pp = Preprocess(**entry.meta["preprocess"])
+    wm = AuditModel.load(entry.watermarked, device="cpu")
+    vanilla_rate = AuditModel.load(entry.vanilla, device="cpu").accuracy(trig.x, trig.y, pp)
+    sub = stratified_subset(train, job["n"], seed=job["seed"])
+    per_round = []
+
+    @torch.no_grad()
+    def acc(forward, ds) -> float:
+        pred = np.concatenate([forward(torch.from_numpy(ds.x[i:i + 500])).argmax(1).numpy()
+                               for i in range(0, len(ds), 500)])
+        return float((pred == ds.y).mean())
+
+    def on_round(r, forward):
+        per_round.append({"round": r.round, "test_acc": acc(forward, test),
+                          "wm_acc": acc(forward, trig), "flagged": r.recovery["flagged"]})
+
+    cfg = LaunderConfig(seed=job["seed"], device="cpu", method=job["method"])
+    t = time.perf_counter()
+    res = remove(wm, sub, pp, cfg, on_round=on_round)
+    seconds = time.perf_counter() - t
+    after = res.model
+    v = verify_predictions(after.predict(trig.x, pp), trig.y, vanilla_rate, alpha=ALPHA)
+    row = {k: job[k] for k in ("dataset", "scheme", "method", "size", "seed")}
+    row.update(
+        n=len(sub), share=len(sub) / FULL_TRAIN[job["dataset"]],
+        test_acc_before=wm.accuracy(test.x, test.y, pp), test_acc_after=after.accuracy(test.x, test.y, pp),
+        wm_acc_before=wm.accuracy(trig.x, trig.y, pp), wm_acc_after=after.accuracy(trig.x, trig.y, pp),
+        vanilla_wm_acc=vanilla_rate, n_trigger=len(trig), p_value=v.p_value,
+        demonstrated=v.demonstrated, seconds=round(seconds, 1), rounds=per_round,
+        best_round=res.best_round, note=(res.baseline or {}).get("note"), commit=job["commit"])
+    return row
+
+
+def key(r: dict) -> str:
+    return f"{r['dataset']}/{r['scheme']}/{r['method']}/{r['size']}/{r['seed']}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="MNIST, 0.6%%, subset seed 0, every "
+                    "scheme and method")
+    ap.add_argument("--dataset", default="mnist", choices=tuple(FULL_TRAIN))
+    ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=tuple(SIZES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--workers", type=int, default=2, help="rows run in parallel, one torch "
+                    "thread each")
+    args = ap.parse_args()
+    if args.quick:
+        args.dataset, args.sizes, args.seeds = "mnist", ["0.6"], [0]
+    if args.dataset == "mnist":
+        common.need_shared(common.MNIST_TRAIN, common.MNIST_TEST)
+    else:
+        common.need_shared(common.SHARED / "cifar10")
+    t0 = time.perf_counter()
+    commit = common.commit()
+    jobs = []
+    for scheme in args.schemes:
+        entry, _ = common.zoo_entry(args.dataset, scheme)
+        for size in args.sizes:
+            for seed in args.seeds:
+                for method in args.methods:
+                    jobs.append({"dataset": args.dataset, "scheme": scheme, "method": method,
+                                 "size": size, "seed": seed, "zoo": str(entry.out_dir),
+                                 "n": subset_size(args.dataset, size), "commit": commit})
+    jobs.sort(key=lambda j: (-j["n"], j["method"] != "laundering"))   # longest first
+    rows = []
+    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
+        futs = [pool.submit(run_row, j) for j in jobs]
+        for f in as_completed(futs):
+            r = f.result()
+            rows.append(r)
+            print(f"{key(r)}: test {r['test_acc_before']:.4f} -> {r['test_acc_after']:.4f}, wm "
+                  f"{r['wm_acc_before']:.4f} -> {r['wm_acc_after']:.4f} (vanilla "
+                  f"{r['vanilla_wm_acc']:.4f}), p {r['p_value']:.2g}, {r['seconds']:.0f} s",
+                  flush=True)
+    wall = time.perf_counter() - t0
+
+    def update(old: dict) -> dict:
+        kept = {key(r): r for r in old.get("rows", [])}
+        kept.update({key(r): r for r in rows})
+        runs = old.get("runs", []) + [{"argv": sys.argv[1:], "commit": commit, "rows": len(rows),
+                                       "workers": args.workers, "seconds": round(wall, 1),
+                                       "machine": common.machine()}]
+        return {"what": "Table 2: laundering and removal baselines per watermark scheme, subset "
+                        "size and subset seed (zoo models; audit launder --method defaults)",
+                "alpha": ALPHA, "sizes": {k: v for k, v in SIZES.items()},
+                "full_train": FULL_TRAIN, "runs": runs,
+                "rows": sorted(kept.values(), key=key)}
+
+    path = common.update_result("table2.json", update)
+    print(f"\n{len(rows)} rows in {wall / 60:.1f} min; wrote {path}")
+    try:
+        print(f"wrote {figure3(common.RESULTS / 'table2.json')}")
+    except ImportError:
+        print("figure3.png not drawn: matplotlib is missing (pip install -e \".[bench]\")")
+
+
+def figure3(result: Path) -> Path:
+    """Laundering's watermark and test accuracy against rounds, one line per subset size (mean
+    over subset seeds), one column per scheme, one figure row per data set."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in json.loads(result.read_text())["rows"] if r["method"] == "laundering"]
+    datasets = [d for d in FULL_TRAIN if any(r["dataset"] == d for r in rows)]
+    fig, axes = plt.subplots(len(datasets), len(SCHEMES), figsize=(4 * len(SCHEMES), 3.2 * len(datasets)),
+                             squeeze=False, sharey=True)
+    for i, ds in enumerate(datasets):
+        for j, scheme in enumerate(SCHEMES):
+            ax = axes[i][j]
+            ax.set_title(f"{ds} {scheme}")
+            for size in SIZES:
+                sel = [r for r in rows if (r["dataset"], r["scheme"], r["size"]) == (ds, scheme, size)]
+                if not sel:
+                    continue
+                for what, style in (("wm_acc", "-"), ("test_acc", ":")):
+                    curve = [np.mean([r[f"{what}_before"] for r in sel])]
+                    for k in range(1, 4):
+                        vals = [r["rounds"][k - 1][what] for r in sel if len(r["rounds"]) >= k]
+                        if len(vals) == len(sel):
+                            curve.append(np.mean(vals))
+                    ax.plot(range(len(curve)), 100 * np.array(curve), style, marker="o",
+                            label=f"{size}{'' if size == '1/class' else '%'} {what[:-4]}")
+            ax.set_xticks(range(4))
+            ax.set_xlabel("round")
+            if j == 0:
+                ax.set_ylabel("accuracy %")
+            if ax.lines:
+                ax.legend(fontsize=6)
+    fig.tight_layout()
+    out = result.parent / "figure3.png"
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
