@@ -52,7 +52,7 @@ def _augment(xb: torch.Tensor, clean: torch.Tensor, gen: torch.Generator) -> tor
     padded = nn.functional.pad(xb, (4, 4, 4, 4), mode="reflect")
     dy, dx = torch.randint(0, 9, (2, n), generator=gen)
     out = xb.clone()
-    for i in torch.flatnonzero(clean).tolist():
+    for i in torch.nonzero(clean).flatten().tolist():
         out[i] = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
     return out
 

@@ -240,3 +240,26 @@ def test_cli_user_error(tmp_path):
     res = CliRunner().invoke(zoo, ["build", "--epochs", "0", "-o", str(tmp_path)])
     # AuditError is a click exception: one error line, exit 2
     assert res.exit_code == 2 and res.output.splitlines() == ["error: --epochs must be at least 1, got 0"]
+
+
+def test_cifar_augment_moves_clean_rows_only():
+    """The CIFAR-10 recipe's augmentation: clean rows flipped and shifted (pad 4, reflect), the
+    trigger rows as they are."""
+    import torch
+
+    from audit.models_zoo.train import _augment
+
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    clean = torch.arange(64) % 2 == 0
+    out = _augment(x, clean, torch.Generator().manual_seed(0))
+    assert torch.equal(out[~clean], x[~clean])
+    moved = [not torch.equal(out[i], x[i]) for i in range(0, 64, 2)]
+    assert sum(moved) >= 28
+    # a row shifted by (dy, dx) in 0..8 and maybe flipped: its centre is somewhere in the
+    # padded (and maybe flipped) original
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+    for i in range(0, 8, 2):
+        found = any(torch.equal(out[i], src[i, :, dy:dy + 32, dx:dx + 32])
+                    for src in (padded, torch.nn.functional.pad(x.flip(-1), (4,) * 4, mode="reflect"))
+                    for dy in range(9) for dx in range(9))
+        assert found
