@@ -23,11 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from audit.settings import NC_SCHEDULE, NCConfig, NCSchedule
+from audit.settings import ANOMALY_THRESHOLD, NC_SCHEDULE, NCConfig, NCSchedule
 
 log = logging.getLogger(__name__)
 MAD_CONSTANT = 1.4826
-ANOMALY_THRESHOLD = 2.0
 # masks and patterns are tanh-squashed parameters, as in Neural Cleanse (the sigmoid
 # alternative was never used)
 PARAM = "tanh"

@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass, field
 DETECT_ANOMALY_SCALE = "log"
 LAUNDER_ANOMALY_SCALE = "l1"
 ANOMALY_SCALES = ("l1", "log")
+#: a class is a candidate (Neural Cleanse: flagged) when its anomaly index exceeds this and its
+#: mask norm is below the median
+ANOMALY_THRESHOLD = 2.0
 
 
 def setting(default=None, help: str = "", *, factory=None, **meta):

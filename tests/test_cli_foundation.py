@@ -335,3 +335,20 @@ def test_click_runner_sees_every_command_and_errors_are_one_line(tmp_path):
                                  "-o", str(tmp_path / "out.onnx")])
     assert r.exit_code == 2
     assert r.output.count("\n") == 1 and r.output.startswith("error: "), r.output
+
+
+def test_help_and_option_errors_do_not_import_torch():
+    """`audit --help`, every command's --help and a bad option are answered without importing
+    torch (seconds of start-up): only the work itself needs it."""
+    code = (
+        "import sys\n"
+        "from audit.cli import cli\n"
+        "for args in (['--help'], ['launder', '--help'], ['detect', '--help'], ['scan', '--help'],"
+        " ['verify', '--help'], ['launder', 'm.onnx', '--method', 'magic']):\n"
+        "    try:\n"
+        "        cli(args, standalone_mode=True)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'onnx2torch') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:] + out.stderr[-500:]

@@ -6,8 +6,7 @@ import click
 
 from audit.cli import FiniteFloat, data_options, emit_json, preflight, preprocess_from
 from audit.config import config_option
-from audit.nc import ANOMALY_THRESHOLD
-from audit.settings import DetectConfig, NCConfig
+from audit.settings import ANOMALY_THRESHOLD, DetectConfig, NCConfig
 
 
 @click.command("detect")

@@ -39,8 +39,7 @@ except ModuleNotFoundError:   # Python 3.10
 
 from audit.data import Preprocess
 from audit.errors import AuditError, DataError
-from audit.nc import ANOMALY_THRESHOLD
-from audit.settings import DetectConfig, NCConfig
+from audit.settings import ANOMALY_THRESHOLD, DetectConfig, NCConfig
 
 FAIL_ON = ("suspected", "error", "never")
 EXPECT = ("demonstrated", "report")
