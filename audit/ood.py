@@ -20,6 +20,7 @@ Everything is seeded: the same seed gives the same images.
 
 from __future__ import annotations
 
+import functools
 import string
 
 import numpy as np
@@ -30,11 +31,20 @@ CHARACTERS = string.ascii_letters + "#$%&*+/<=>?@[]{}~^"
 FAMILIES = {"characters": 0.4, "scribbles": 0.25, "fields": 0.15, "noise": 0.2}
 
 
+@functools.cache
 def _font(size: int):
+    """Pillow's default font at size, loaded once per size (a few dozen sizes are used)."""
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, ValueError, ImportError, OSError):   # Pillow < 10.1 or no FreeType: one size
         return ImageFont.load_default()
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_box(size: int, ch: str, mode: str) -> tuple[float, float, float, float]:
+    """The bounding box of ch drawn at (0, 0) in _font(size)."""
+    d = ImageDraw.Draw(Image.new(mode, (1, 1)))
+    return d.textbbox((0, 0), ch, font=_font(size))
 
 
 Palette = tuple[float, float]   # (ink, paper) grey levels in [0, 1]
@@ -90,9 +100,10 @@ def characters(n: int, c: int, h: int, w: int, seed: int, pal: Palette = (1.0, 0
 
     def paint(im, d, rng, fg, bg):
         for _ in range(1 if rng.random() < 0.7 else 2):
-            font = _font(max(6, int(2 * min(h, w) * rng.uniform(0.5, 1.1))))
+            size = max(6, int(2 * min(h, w) * rng.uniform(0.5, 1.1)))
+            font = _font(size)
             ch = CHARACTERS[int(rng.integers(len(CHARACTERS)))]
-            x0, y0, x1, y1 = d.textbbox((0, 0), ch, font=font)
+            x0, y0, x1, y1 = _text_box(size, ch, im.mode)
             pos = (float(w - (x0 + x1) / 2 + rng.normal(0, 0.15) * w),
                    float(h - (y0 + y1) / 2 + rng.normal(0, 0.15) * h))
             d.text(pos, ch, fill=fg, font=font, stroke_width=int(rng.integers(0, 4)), stroke_fill=fg)
