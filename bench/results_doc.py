@@ -375,6 +375,40 @@ def _mean_sd(values: list[float]) -> str:
     return f"{m:.2f}" if len(values) < 2 else f"{m:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+def _table2_comparison(rows: list[dict]) -> str:
+    """Per scheme: what laundering leaves, and every baseline that also ends ownership, with
+    the test accuracy each costs (means over the seeds), so that where laundering does not
+    win is said."""
+    import statistics
+
+    def summary(sel: list[dict]) -> tuple[float, float, int]:
+        return (statistics.fmean(r["wm_acc_after"] for r in sel),
+                statistics.fmean(r["test_acc_before"] - r["test_acc_after"] for r in sel),
+                sum(r["demonstrated"] for r in sel))
+
+    lines = []
+    for scheme in ("content", "noise", "unrelated", "adi"):
+        own = [r for r in rows if (r["scheme"], r["method"]) == (scheme, "laundering")]
+        if not own:
+            continue
+        wm, drop, proven = summary(own)
+        also = []
+        for method in TABLE2_METHODS[1:]:
+            sel = [r for r in rows if (r["scheme"], r["method"]) == (scheme, method)]
+            if sel and summary(sel)[2] == 0:
+                b_wm, b_drop, _ = summary(sel)
+                cost = ("costs more test accuracy than laundering" if b_drop > drop else
+                        "**costs no more test accuracy than laundering**")
+                also.append(f"{method} ({pct(b_wm)}% at {100 * b_drop:.2f} points: {cost})")
+        state = f"ownership still proven on {proven} seed(s)" if proven else "ownership no longer proven"
+        lines.append(f"- {scheme}: laundering leaves {pct(wm)}% ({state}) "
+                     f"at {100 * drop:.2f} points of test accuracy; "
+                     + ("no baseline ends ownership." if not also else
+                        "also ending ownership: " + "; ".join(also) + "."))
+    return "\n\nWhere laundering stands against the baselines (means over the seeds):\n\n" + \
+        "\n".join(lines) if lines else ""
+
+
 def table2(d: dict) -> str:
     """Table 2: one table per (data set, subset size), rows scheme x method, mean ± sd over
     the subset seeds; the paper's figures in their own columns where it has them."""
@@ -405,10 +439,12 @@ def table2(d: dict) -> str:
                                               f"({paper[4]})"])
         n = rows[0]["n"]
         share = "one image per class" if size == "1/class" else f"{size}% of the training set"
+        commits = {r["commit"] for r in rows}
+        commands = sorted({"python bench/table2.py " + " ".join(run["argv"]) for run in d["runs"]
+                           if run["commit"] in commits})
         parts.append(section(
             f"Table 2: {ds}, {share} ({n} images)",
-            f"python bench/table2.py --dataset {ds} --sizes {size}",
-            ", ".join(sorted({r["commit"] for r in rows})),
+            "`, `".join(commands).strip(), ", ".join(sorted(commits)),
             table(["scheme", "method", "seeds", "test acc % before → after", "wm acc % before → after",
                    "vanilla wm acc %", "ownership still proven", "largest p", "s",
                    "paper: test / wm acc % (data)"], body),
@@ -420,11 +456,11 @@ def table2(d: dict) -> str:
             + (" CIFAR-10 here: the Table-7 net trained on 8,000 JPEG-decoded test images and "
                "499 lossless training images (no full training set offline), tested on the "
                "other 2,000; subsets are shares of the 50,000-image training set." if ds == "cifar10"
-               else "")))
+               else "")) + _table2_comparison(rows))
     runs = "; ".join(f"`python bench/table2.py {' '.join(r['argv'])}`: {r['rows']} rows in "
                      f"{r['seconds'] / 60:.1f} min ({r['workers']} workers, commit {r['commit']})"
                      for r in d["runs"])
-    parts.append(f"Runs: {runs}. Figure 3 (laundering's accuracies after each round, one line "
+    parts.append(f"\nRuns: {runs}. Figure 3 (laundering's accuracies after each round, one line "
                  "per subset size): [bench/results/figure3.png](../bench/results/figure3.png).\n")
     return "\n".join(parts)
 

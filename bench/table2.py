@@ -180,8 +180,9 @@ def main() -> None:
 
 
 def figure3(result: Path) -> Path:
-    """Laundering's watermark and test accuracy against rounds, one line per subset size (mean
-    over subset seeds), one column per scheme, one figure row per data set."""
+    """Laundering's watermark (solid) and test (dotted) accuracy against rounds, one colour per
+    subset size (mean over subset seeds), one column per scheme, one figure row per data set.
+    A curve ends where laundering stopped early."""
     import json
 
     import matplotlib
@@ -198,7 +199,7 @@ def figure3(result: Path) -> Path:
         for j, scheme in enumerate(SCHEMES):
             ax = axes[i][j]
             ax.set_title(f"{ds} {scheme}")
-            for size in SIZES:
+            for n, size in enumerate(SIZES):
                 sel = [r for r in rows if (r["dataset"], r["scheme"], r["size"]) == (ds, scheme, size)]
                 if not sel:
                     continue
@@ -209,7 +210,8 @@ def figure3(result: Path) -> Path:
                         if len(vals) == len(sel):
                             curve.append(np.mean(vals))
                     ax.plot(range(len(curve)), 100 * np.array(curve), style, marker="o",
-                            label=f"{size}{'' if size == '1/class' else '%'} {what[:-4]}")
+                            color=f"C{n}", label=f"{size}{'' if size == '1/class' else '%'} "
+                                                 f"{what[:-4]}")
             ax.set_xticks(range(4))
             ax.set_xlabel("round")
             if j == 0:
