@@ -302,3 +302,31 @@ def test_cli_help_names_the_device_forms(capsys):
 def test_docs_say_what_runs_where():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "cuda:N" in text
+
+
+@pytest.mark.parametrize("method", ["fine-tune", "prune", "fine-prune", "nc-unlearn", "i-bau"])
+def test_baselines_send_the_module_and_their_batches_to_the_device(tiny, fake_device, method):
+    """Each removal baseline runs its torch work where laundering does: the mirror goes to the
+    device, and so do the subset its fine-tuning (or I-BAU's minimax) trains on and Neural
+    Cleanse's images; the written model comes back to the CPU."""
+    from dataclasses import replace
+
+    from audit.graphs.model import AuditModel
+    from audit.methods import remove
+    from audit.settings import BaselineConfig
+
+    am = AuditModel.load(tiny["path"], device="cpu")
+    cfg = replace(_config(), method=method, baseline=BaselineConfig(ibau_rounds=1))
+    result = remove(am, tiny["data"], PP, cfg)
+    assert result.method == method and result.model is not None
+
+    def tensors(caller: str) -> list[torch.Tensor]:
+        return [t for c, t in fake_device if c == caller and torch.is_tensor(t)]
+
+    assert any(c == "to_torch" and isinstance(m, nn.Module) for c, m in fake_device)
+    trained = tensors("run") if method == "i-bau" else tensors("retrain")
+    assert any(t.shape == (N, *SHAPE) for t in trained), [tuple(t.shape) for t in trained]
+    if method == "nc-unlearn":
+        assert any(t.shape == (N, *SHAPE) for t in tensors("recover"))
+    if method != "i-bau":
+        assert any(t.shape == (N, *SHAPE) for t in tensors("reestimate_batchnorm"))
