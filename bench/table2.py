@@ -17,7 +17,10 @@ bench/results_doc.py.
 MNIST: the paper's Table-5 net, 60,000 training images. CIFAR-10: the paper's Table-7 net
 trained on what ../shared/data/cifar10 holds (8,000 of the JPEG-decoded test images, plus the
 499 lossless training images; 2,000 held out for testing): its subsets are shares of the
-50,000 images of the full training set, as the paper's (0.6% = 300 images).
+50,000 images of the full training set, as the paper's (0.6% = 300 images). BadNets
+(`--dataset badnets`): the published BadNets MNIST model of ../shared/data, its watermark
+accuracy the attack success on the stamped test images of other classes, with no vanilla
+twin (no p-value).
 
 Usage: python bench/table2.py --quick            (MNIST, 0.6%, subset seed 0: <= 30 min on 2 cores)
        python bench/table2.py [--dataset mnist|cifar10] [--schemes ...] [--methods ...]
@@ -37,13 +40,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
+import numpy as np  # noqa: E402
 
 SCHEMES = ("content", "noise", "unrelated", "adi")
 METHODS = ("laundering", "fine-tune", "prune", "fine-prune", "nc-unlearn", "i-bau")
 #: subset size -> share of the original training set (None: one image per class)
 SIZES = {"1/class": None, "0.6": 0.006, "1.2": 0.012, "6": 0.06, "10.8": 0.108}
-FULL_TRAIN = {"mnist": 60_000, "cifar10": 50_000}
-GEOMETRY = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+FULL_TRAIN = {"mnist": 60_000, "cifar10": 50_000, "badnets": 60_000}
+GEOMETRY = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "badnets": (1, 28, 28)}
 ALPHA = 0.01
 
 
@@ -52,37 +56,51 @@ def subset_size(dataset: str, size: str, num_classes: int = 10) -> int:
     return num_classes if share is None else int(round(share * FULL_TRAIN[dataset]))
 
 
-def _data(dataset: str, entry):
-    """(train, test) of a zoo entry: MNIST from ../shared/data, CIFAR-10 from the entry."""
-    from audit.data import load_dataset
+def _task(job: dict) -> dict:
+    """What a row launders and measures: the model, its preprocessing, training and test sets,
+    the trigger set (labels: what the watermark or backdoor answers) and the vanilla rate on it
+    (None for the BadNets model, whose attack success has no twin to compare with)."""
+    from audit.data import Dataset, Preprocess, load_dataset
+    from audit.graphs.model import AuditModel
+    from audit.models_zoo.build import built_entry
 
-    if dataset == "mnist":
-        return common.mnist("train"), common.mnist("test")
-    c, h, w = GEOMETRY[dataset]
-    return tuple(load_dataset(entry.data_dir / f"{s}.npz", channels=c, height=h, width=w)
-                 for s in ("train", "test"))
+    c, h, w = GEOMETRY[job["dataset"]]
+    if job["dataset"] == "badnets":
+        import launder_badnets as bn
+
+        train, test = common.mnist("train"), common.mnist("test")
+        keep = test.y != bn.TARGET
+        trig = Dataset(x=bn.stamp(test.x[keep]), y=np.full(int(keep.sum()), bn.TARGET, np.int64),
+                       source="BadNets-stamped MNIST test images")
+        return {"model": AuditModel.load(bn.MODEL, device="cpu"), "train": train, "test": test,
+                "trig": trig, "pp": Preprocess(scale=1 / 255, mean=(0.5,), std=(0.5,)),
+                "vanilla_rate": None}
+    entry = built_entry(job["zoo"])
+    if job["dataset"] == "mnist":
+        train, test = common.mnist("train"), common.mnist("test")
+    else:
+        train, test = (load_dataset(entry.data_dir / f"{s}.npz", channels=c, height=h, width=w)
+                       for s in ("train", "test"))
+    trig = load_dataset(entry.triggers, channels=c, height=h, width=w)
+    pp = Preprocess(**entry.meta["preprocess"])
+    vanilla = AuditModel.load(entry.vanilla, device="cpu").accuracy(trig.x, trig.y, pp)
+    return {"model": AuditModel.load(entry.watermarked, device="cpu"), "train": train,
+            "test": test, "trig": trig, "pp": pp, "vanilla_rate": vanilla}
 
 
 def run_row(job: dict) -> dict:
     """One (dataset, scheme, method, size, seed) row, in a worker with one torch thread."""
     common.set_threads(1)
-    import numpy as np
     import torch
 
-    from audit.data import Preprocess, load_dataset, stratified_subset
-    from audit.graphs.model import AuditModel
+    from audit.data import stratified_subset
     from audit.methods import remove
-    from audit.models_zoo.build import built_entry
     from audit.settings import LaunderConfig
     from audit.verify import verify_predictions
 
-    entry = built_entry(job["zoo"])
-    c, h, w = GEOMETRY[job["dataset"]]
-    train, test = _data(job["dataset"], entry)
-    trig = load_dataset(entry.triggers, channels=c, height=h, width=w)
-    pp = Preprocess(**entry.meta["preprocess"])
-    wm = AuditModel.load(entry.watermarked, device="cpu")
-    vanilla_rate = AuditModel.load(entry.vanilla, device="cpu").accuracy(trig.x, trig.y, pp)
+    task = _task(job)
+    wm, train, test, trig, pp = (task[k] for k in ("model", "train", "test", "trig", "pp"))
+    vanilla_rate = task["vanilla_rate"]
     sub = stratified_subset(train, job["n"], seed=job["seed"])
     per_round = []
 
@@ -101,14 +119,15 @@ def run_row(job: dict) -> dict:
     res = remove(wm, sub, pp, cfg, on_round=on_round)
     seconds = time.perf_counter() - t
     after = res.model
-    v = verify_predictions(after.predict(trig.x, pp), trig.y, vanilla_rate, alpha=ALPHA)
+    v = None if vanilla_rate is None else \
+        verify_predictions(after.predict(trig.x, pp), trig.y, vanilla_rate, alpha=ALPHA)
     row = {k: job[k] for k in ("dataset", "scheme", "method", "size", "seed")}
     row.update(
         n=len(sub), share=len(sub) / FULL_TRAIN[job["dataset"]],
         test_acc_before=wm.accuracy(test.x, test.y, pp), test_acc_after=after.accuracy(test.x, test.y, pp),
         wm_acc_before=wm.accuracy(trig.x, trig.y, pp), wm_acc_after=after.accuracy(trig.x, trig.y, pp),
-        vanilla_wm_acc=vanilla_rate, n_trigger=len(trig), p_value=v.p_value,
-        demonstrated=v.demonstrated, seconds=round(seconds, 1), rounds=per_round,
+        vanilla_wm_acc=vanilla_rate, n_trigger=len(trig), p_value=v and v.p_value,
+        demonstrated=v and v.demonstrated, seconds=round(seconds, 1), rounds=per_round,
         best_round=res.best_round, note=(res.baseline or {}).get("note"), commit=job["commit"])
     return row
 
@@ -122,7 +141,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="MNIST, 0.6%%, subset seed 0, every "
                     "scheme and method")
     ap.add_argument("--dataset", default="mnist", choices=tuple(FULL_TRAIN))
-    ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES,
+                    help="zoo schemes (the BadNets data set has its one model)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=tuple(SIZES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -131,20 +151,22 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.dataset, args.sizes, args.seeds = "mnist", ["0.6"], [0]
-    if args.dataset == "mnist":
-        common.need_shared(common.MNIST_TRAIN, common.MNIST_TEST)
-    else:
+    if args.dataset == "cifar10":
         common.need_shared(common.SHARED / "cifar10")
+    else:
+        common.need_shared(common.MNIST_TRAIN, common.MNIST_TEST)
+    if args.dataset == "badnets":
+        args.schemes = ["badnets"]
     t0 = time.perf_counter()
     commit = common.commit()
     jobs = []
     for scheme in args.schemes:
-        entry, _ = common.zoo_entry(args.dataset, scheme)
+        zoo = None if scheme == "badnets" else str(common.zoo_entry(args.dataset, scheme)[0].out_dir)
         for size in args.sizes:
             for seed in args.seeds:
                 for method in args.methods:
                     jobs.append({"dataset": args.dataset, "scheme": scheme, "method": method,
-                                 "size": size, "seed": seed, "zoo": str(entry.out_dir),
+                                 "size": size, "seed": seed, "zoo": zoo,
                                  "n": subset_size(args.dataset, size), "commit": commit})
     jobs.sort(key=lambda j: (-j["n"], j["method"] != "laundering"))   # longest first
     rows = []
@@ -155,8 +177,7 @@ def main() -> None:
             rows.append(r)
             print(f"{key(r)}: test {r['test_acc_before']:.4f} -> {r['test_acc_after']:.4f}, wm "
                   f"{r['wm_acc_before']:.4f} -> {r['wm_acc_after']:.4f} (vanilla "
-                  f"{r['vanilla_wm_acc']:.4f}), p {r['p_value']:.2g}, {r['seconds']:.0f} s",
-                  flush=True)
+                  f"{r['vanilla_wm_acc']}), p {r['p_value']}, {r['seconds']:.0f} s", flush=True)
     wall = time.perf_counter() - t0
 
     def update(old: dict) -> dict:
@@ -192,7 +213,7 @@ def figure3(result: Path) -> Path:
     import numpy as np
 
     rows = [r for r in json.loads(result.read_text())["rows"] if r["method"] == "laundering"]
-    datasets = [d for d in FULL_TRAIN if any(r["dataset"] == d for r in rows)]
+    datasets = [d for d in ("mnist", "cifar10") if any(r["dataset"] == d for r in rows)]
     fig, axes = plt.subplots(len(datasets), len(SCHEMES), figsize=(4 * len(SCHEMES), 3.2 * len(datasets)),
                              squeeze=False, sharey=True)
     for i, ds in enumerate(datasets):
