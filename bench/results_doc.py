@@ -451,7 +451,8 @@ def table2(d: dict) -> str:
             table(["scheme", "method", "seeds", "test acc % before → after", "wm acc % before → after",
                    "vanilla wm acc %", "ownership still proven", "largest p", "s",
                    "paper: test / wm acc % (data)"], body),
-            "Zoo models, `audit launder --method M` defaults, stratified subsets (mean ± sd over "
+            ("The published BadNets model" if ds == "badnets" else "Zoo models")
+            + ", `audit launder --method M` defaults, stratified subsets (mean ± sd over "
             "the subset seeds). Ownership: `audit verify`'s exact binomial test against the "
             "vanilla twin's rate, α = 0.01 (a proof left after removal is a failure of the "
             "method). The paper's rows are one round of its own models; its pruning rows used "
@@ -464,7 +465,8 @@ def table2(d: dict) -> str:
                "on the stamped test images of the other classes (no vanilla twin, no test)."
                if ds == "badnets" else "")) + _table2_comparison(rows))
     runs = "; ".join(f"`python bench/table2.py {' '.join(r['argv'])}`: {r['rows']} rows in "
-                     f"{r['seconds'] / 60:.1f} min ({r['workers']} workers, commit {r['commit']})"
+                     f"{r['seconds'] / 60:.1f} min ({r['workers']} worker process"
+                     f"{'es' if r['workers'] > 1 else ''}, commit {r['commit']})"
                      for r in d["runs"])
     parts.append(f"\nRuns: {runs}. Figure 3 (laundering's accuracies after each round, one line "
                  "per subset size): [bench/results/figure3.png](../bench/results/figure3.png).\n")
