@@ -467,7 +467,7 @@ def table2(d: dict) -> str:
     runs = "; ".join(f"`python bench/table2.py {' '.join(r['argv'])}`: {r['rows']} rows in "
                      f"{r['seconds'] / 60:.1f} min ({r['workers']} worker process"
                      f"{'es' if r['workers'] > 1 else ''}, commit {r['commit']})"
-                     for r in d["runs"])
+                     for r in d["runs"] if r["commit"] in {row["commit"] for row in d["rows"]})
     parts.append(f"\nRuns: {runs}. Figure 3 (laundering's accuracies after each round, one line "
                  "per subset size): [bench/results/figure3.png](../bench/results/figure3.png).\n")
     return "\n".join(parts)

@@ -186,6 +186,8 @@ def main() -> None:
         runs = old.get("runs", []) + [{"argv": sys.argv[1:], "commit": commit, "rows": len(rows),
                                        "workers": args.workers, "seconds": round(wall, 1),
                                        "machine": common.machine()}]
+        # only the runs some kept row comes from
+        runs = [r for r in runs if r["commit"] in {row["commit"] for row in kept.values()}]
         return {"what": "Table 2: laundering and removal baselines per watermark scheme, subset "
                         "size and subset seed (zoo models; audit launder --method defaults)",
                 "alpha": ALPHA, "sizes": {k: v for k, v in SIZES.items()},
