@@ -442,6 +442,14 @@ def table2(d: dict) -> str:
                                               f"({paper[4]})"])
         n = rows[0]["n"]
         share = "one image per class" if size == "1/class" else f"{size}% of the training set"
+        zoo = "".join(
+            f" Zoo {name.split('/')[1]}: test accuracy {pct(z['test_acc']['watermarked'])}% (twin "
+            f"{pct(z['test_acc']['vanilla'])}%), watermark {pct(z['wm_acc']['watermarked'])}% (twin "
+            f"{pct(z['wm_acc']['vanilla'])}%); built in {z['timings']['total_s'] / 60:.0f} min "
+            f"(watermarked {z['timings']['train_watermarked_s'] / 60:.0f}, twin "
+            f"{z['timings']['train_vanilla_s'] / 60:.0f})."
+            for name, z in sorted(d.get("zoo", {}).items()) if name.startswith(f"{ds}/")
+            and ds == "cifar10")
         commits = {r["commit"] for r in rows}
         commands = sorted({"python bench/table2.py " + " ".join(run["argv"]) for run in d["runs"]
                            if run["commit"] in commits})
@@ -459,8 +467,8 @@ def table2(d: dict) -> str:
             "more data, as the last column says."
             + (" CIFAR-10 here: the Table-7 net trained on 8,000 JPEG-decoded test images and "
                "499 lossless training images (no full training set offline), tested on the "
-               "other 2,000; subsets are shares of the 50,000-image training set." if ds == "cifar10"
-               else "")
+               "other 2,000; subsets are shares of the 50,000-image training set." + zoo
+               if ds == "cifar10" else "")
             + (" BadNets: the published model; its watermark accuracy is the attack success "
                "on the stamped test images of the other classes (no vanilla twin, no test)."
                if ds == "badnets" else "")) + _table2_comparison(rows))

@@ -159,9 +159,14 @@ def main() -> None:
         args.schemes = ["badnets"]
     t0 = time.perf_counter()
     commit = common.commit()
-    jobs = []
+    jobs, zoo_info = [], {}
     for scheme in args.schemes:
-        zoo = None if scheme == "badnets" else str(common.zoo_entry(args.dataset, scheme)[0].out_dir)
+        zoo = None
+        if scheme != "badnets":
+            entry = common.zoo_entry(args.dataset, scheme)[0]
+            zoo = str(entry.out_dir)
+            zoo_info[f"{args.dataset}/{scheme}"] = {
+                "test_acc": entry.test_acc, "wm_acc": entry.wm_acc, "timings": entry.timings}
         for size in args.sizes:
             for seed in args.seeds:
                 for method in args.methods:
@@ -191,6 +196,7 @@ def main() -> None:
         return {"what": "Table 2: laundering and removal baselines per watermark scheme, subset "
                         "size and subset seed (zoo models; audit launder --method defaults)",
                 "alpha": ALPHA, "sizes": {k: v for k, v in SIZES.items()},
+                "zoo": {**old.get("zoo", {}), **zoo_info},
                 "full_train": FULL_TRAIN, "runs": runs,
                 "rows": sorted(kept.values(), key=key)}
 
