@@ -465,9 +465,9 @@ def table2(d: dict) -> str:
             "vanilla twin's rate, α = 0.01 (a proof left after removal is a failure of the "
             "method). The paper's rows are one round of its own models; its pruning rows used "
             "more data, as the last column says."
-            + (" CIFAR-10 here: the Table-7 net trained on 8,000 JPEG-decoded test images and "
-               "499 lossless training images (no full training set offline), tested on the "
-               "other 2,000; subsets are shares of the 50,000-image training set." + zoo
+            + (" CIFAR-10 here: the Table-7 net trained on 8,000 of the 10,000 JPEG-decoded "
+               "test images (no training set offline), tested on the other 2,000; the subsets "
+               "are drawn from the 8,000 as shares of the 50,000-image training set." + zoo
                if ds == "cifar10" else "")
             + (" BadNets: the published model; its watermark accuracy is the attack success "
                "on the stamped test images of the other classes (no vanilla twin, no test)."

@@ -15,9 +15,9 @@ the rows (matplotlib: `pip install -e ".[bench]"`); docs/results.md's Table 2 by
 bench/results_doc.py.
 
 MNIST: the paper's Table-5 net, 60,000 training images. CIFAR-10: the paper's Table-7 net
-trained on what ../shared/data/cifar10 holds (8,000 of the JPEG-decoded test images, plus the
-499 lossless training images; 2,000 held out for testing): its subsets are shares of the
-50,000 images of the full training set, as the paper's (0.6% = 300 images). BadNets
+trained on what ../shared/data/cifar10 holds (the zoo's split of the 10,000 JPEG-decoded test
+images: 8,000 to train on, from which the subsets are drawn, 2,000 to test on); its subsets are
+shares of the 50,000 images of the full training set, as the paper's (0.6% = 300 images). BadNets
 (`--dataset badnets`): the published BadNets MNIST model of ../shared/data, its watermark
 accuracy the attack success on the stamped test images of other classes, with no vanilla
 twin (no p-value).
@@ -78,9 +78,11 @@ def _task(job: dict) -> dict:
     entry = built_entry(job["zoo"])
     if job["dataset"] == "mnist":
         train, test = common.mnist("train"), common.mnist("test")
-    else:
-        train, test = (load_dataset(entry.data_dir / f"{s}.npz", channels=c, height=h, width=w)
-                       for s in ("train", "test"))
+    else:   # the zoo's own split of the JPEG-decoded CIFAR-10 test images
+        from audit.models_zoo.datasets import load_clean
+
+        clean = load_clean(job["dataset"], common.SHARED)
+        train, test = clean.train, clean.test
     trig = load_dataset(entry.triggers, channels=c, height=h, width=w)
     pp = Preprocess(**entry.meta["preprocess"])
     vanilla = AuditModel.load(entry.vanilla, device="cpu").accuracy(trig.x, trig.y, pp)
