@@ -267,6 +267,9 @@ class Launderer:
         self.progress, self.on_round = progress, on_round
         if not 0 < config.shrink <= 1:
             raise AuditError(f"shrink must be in (0, 1], got {config.shrink}")
+        if config.method != "laundering":
+            raise AuditError(f"the Launderer runs laundering, not {config.method!r}: "
+                             "audit.methods.remove runs every method")
         self.dense_t = Threshold.parse(config.dense_threshold)
         self.conv_t = Threshold.parse(config.conv_threshold)
         # the module, the teacher, Neural Cleanse and retraining run on the mirror's device
@@ -467,7 +470,7 @@ class Launderer:
             # images' accuracy cannot
             clean = torch_loss(self.forward, parts.subset.x[hold], parts.subset.y[hold], self.device)
             stamped = torch_loss(self.forward, parts.stamped[ho_idx], parts.stamped_y[ho_idx],
-                                  self.device)
+                                 self.device)
             scores[f"{lr:g}:clean"], scores[f"{lr:g}:stamped"] = clean, stamped
             scores[f"{lr:g}"] = -(clean + stamped) / 2
         module.load_state_dict(start)

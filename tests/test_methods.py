@@ -158,3 +158,15 @@ def test_written_model_computes_what_the_trained_mirror_computes(digits_content,
     original = am.scores(x, PP)
     assert np.abs(ort - trained).max() <= 1e-3 * max(1.0, np.abs(trained).max())
     assert np.abs(original - trained).max() > 0.1
+
+
+def test_launder_model_runs_laundering_only(digits_content, digits_content_subset):
+    """launder_model with another method is refused in one line (audit.methods.remove
+    dispatches), instead of laundering under a report that names the baseline."""
+    from audit.errors import AuditError
+    from audit.launder import launder_model
+    from audit.settings import LaunderConfig
+
+    am = AuditModel.load(digits_content.watermarked, device="cpu")
+    with pytest.raises(AuditError, match="audit.methods.remove"):
+        launder_model(am, digits_content_subset["ds"], PP, LaunderConfig(device="cpu", method="prune"))
