@@ -23,14 +23,7 @@ from audit.forward import make_forward
 from audit.graphs import passes as P
 from audit.graphs.model import AuditModel
 from audit.graphs.probe import ProbeLayer, mean_activations
-from audit.methods.base import (
-    LR_CANDIDATES,
-    Mirror,
-    fastest_of_best,
-    freeze,
-    torch_accuracy,
-    torch_loss,
-)
+from audit.methods.base import Mirror, freeze, hold_out, torch_accuracy, torch_loss, try_rates
 from audit.nc import Recovery, recover, stamp
 from audit.ood import generate as ood_generate
 from audit.ood import palette
@@ -447,35 +440,30 @@ class Launderer:
         magnitude between models; a short trial per candidate rate is cheap at this data size.
         """
         n = len(parts.subset)
-        order = np.random.default_rng(seed).permutation(n)
-        hold, train_idx = order[: max(2, n // 5)], order[max(2, n // 5):]
+        hold, train_idx = hold_out(n, seed)
         ho_idx = _stamped_index(hold, n, len(parts.stamped) // n)
         data = _retraining_set(parts.split(train_idx))
-        module, keep = self.tm.module, self.state.keep
-        start = copy.deepcopy(module.state_dict())
-        scores: dict[str, float] = {}
-        tried: list[float] = []
-        for lr in LR_CANDIDATES:        # fastest first
-            # the held-out loss is unimodal in the rate: once a slower rate scored worse than
-            # the one before it, slower ones are not tried
-            if len(tried) >= 2 and scores[f"{tried[-1]:g}"] < scores[f"{tried[-2]:g}"]:
-                break
-            tried.append(lr)
-            module.load_state_dict(start)
-            keep.apply()
-            retrain(module, self.forward, data.x, data.y, replace(rcfg, lr=lr, max_epochs=rcfg.epochs),
-                    keep, seed=seed, augment_mask=data.augment, teacher=self.teacher,
+        losses: dict[str, float] = {}
+
+        def trial(lr: float) -> float:
+            retrain(self.tm.module, self.forward, data.x, data.y, replace(rcfg, lr=lr, max_epochs=rcfg.epochs),
+                    self.state.keep, seed=seed, augment_mask=data.augment, teacher=self.teacher,
                     distill_mask=data.distill, ood=data.ood, ood_label=parts.sink, device=self.device)
             # held-out cross-entropy: continuous, so it separates rates that a few dozen
             # images' accuracy cannot
             clean = torch_loss(self.forward, parts.subset.x[hold], parts.subset.y[hold], self.device)
             stamped = torch_loss(self.forward, parts.stamped[ho_idx], parts.stamped_y[ho_idx],
                                  self.device)
-            scores[f"{lr:g}:clean"], scores[f"{lr:g}:stamped"] = clean, stamped
-            scores[f"{lr:g}"] = -(clean + stamped) / 2
-        module.load_state_dict(start)
-        keep.apply()
-        return fastest_of_best({lr: scores[f"{lr:g}"] for lr in tried}), scores
+            losses[f"{lr:g}:clean"], losses[f"{lr:g}:stamped"] = clean, stamped
+            return -(clean + stamped) / 2
+
+        lr, tried = try_rates(self.tm.module, self.state.keep, trial)
+        scores: dict[str, float] = {}
+        for rate, score in tried.items():   # report order: score, clean, stamped per rate
+            scores[f"{rate:g}:clean"], scores[f"{rate:g}:stamped"] = \
+                losses[f"{rate:g}:clean"], losses[f"{rate:g}:stamped"]
+            scores[f"{rate:g}"] = score
+        return lr, scores
 
     # ------------------------------------------------------------------ keep
     def keep(self, work: RoundWork) -> None:

@@ -102,24 +102,40 @@ class Mirror:
 
     def _choose_lr(self, x01: np.ndarray, y: np.ndarray, rcfg: RetrainConfig, seed: int
                    ) -> tuple[float, dict[str, float]]:
-        n = len(y)
-        order = np.random.default_rng(seed).permutation(n)
-        hold, train_idx = order[: max(2, n // 5)], order[max(2, n // 5):]
-        start = copy.deepcopy(self.module.state_dict())
-        scores: dict[str, float] = {}
-        tried: list[float] = []
-        for lr in LR_CANDIDATES:     # fastest first; the held-out loss is unimodal in the rate
-            if len(tried) >= 2 and scores[f"{tried[-1]:g}"] < scores[f"{tried[-2]:g}"]:
-                break
-            tried.append(lr)
-            self.module.load_state_dict(start)
-            self.keep.apply()
+        hold, train_idx = hold_out(len(y), seed)
+
+        def trial(lr: float) -> float:
             retrain(self.module, self.forward, x01[train_idx], y[train_idx], replace(rcfg, lr=lr),
                     self.keep, seed=seed, device=self.device)
-            scores[f"{lr:g}"] = -torch_loss(self.forward, x01[hold], y[hold], self.device)
-        self.module.load_state_dict(start)
-        self.keep.apply()
-        return fastest_of_best({lr: scores[f"{lr:g}"] for lr in tried}), scores
+            return -torch_loss(self.forward, x01[hold], y[hold], self.device)
+
+        lr, scores = try_rates(self.module, self.keep, trial)
+        return lr, {f"{k:g}": v for k, v in scores.items()}
+
+
+def hold_out(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, training) indices of n samples: a seeded 20% (at least 2) held out."""
+    order = np.random.default_rng(seed).permutation(n)
+    return order[: max(2, n // 5)], order[max(2, n // 5):]
+
+
+def try_rates(module: torch.nn.Module, keep: ResetMask, trial) -> tuple[float, dict[float, float]]:
+    """The retraining rate whose trial(lr) scores best (higher is better; ties to the faster),
+    and each tried rate's score. Each trial starts from the module's current weights, which it
+    has again afterwards. Rates go fastest first; the held-out loss is unimodal in the rate, so
+    once a slower rate scored worse than the one before it, slower ones are not tried."""
+    start = copy.deepcopy(module.state_dict())
+    scores: dict[float, float] = {}
+    for lr in LR_CANDIDATES:
+        tried = list(scores.values())
+        if len(tried) >= 2 and tried[-1] < tried[-2]:
+            break
+        module.load_state_dict(start)
+        keep.apply()
+        scores[lr] = trial(lr)
+    module.load_state_dict(start)
+    keep.apply()
+    return fastest_of_best(scores), scores
 
 
 @dataclass

@@ -16,7 +16,7 @@ LIMITS = ("magnitude pruning does not look for a trigger: a watermark stored in 
           "survives it (Zhang et al. 2018 kept theirs at 90%)")
 
 
-def weight_tensors(m: Mirror) -> dict[str, torch.Tensor]:
+def prunable_weights(m: Mirror) -> dict[str, torch.Tensor]:
     """module path -> weight of every Conv/Linear module whose weight is written back to the
     ONNX graph (the output layer included)."""
     out = {}
@@ -43,7 +43,7 @@ def magnitude_masks(weights: dict[str, torch.Tensor], share: float) -> dict[str,
 
 def run(m: Mirror, progress=None) -> dict:
     share = m.cfg.baseline.prune_share
-    weights = weight_tensors(m)
+    weights = prunable_weights(m)
     if not weights:
         raise AuditError("prune: the model has no trainable Conv/Gemm weight written back to "
                          "its graph")
