@@ -9,10 +9,11 @@ before -> after (onnxruntime, on the written ONNX), the vanilla twin's watermark
 test and watermark accuracy after each round (torch mirror) give Figure 3.
 
 Rows are kept in bench/results/table2.json under (dataset, scheme, method, size, seed), so
-that runs of parts accumulate; each row names the commit it was measured at, and every run's
-command, commit and wall time is listed under "runs". bench/results/figure3.png is drawn from
-the rows (matplotlib: `pip install -e ".[bench]"`); docs/results.md's Table 2 by
-bench/results_doc.py.
+that runs of parts accumulate (`--resume` skips the rows already there); each row names the
+commit it was measured at, and every run's command, commit and wall time is listed under "runs",
+rewritten with every finished row, so that a run stopped part-way keeps what it measured.
+bench/results/figure3.png is drawn from the rows (matplotlib: `pip install -e ".[bench]"`);
+docs/results.md's Table 2 by bench/results_doc.py.
 
 MNIST: the paper's Table-5 net, 60,000 training images. CIFAR-10: the paper's Table-7 net
 trained on what ../shared/data/cifar10 holds (the zoo's split of the 10,000 JPEG-decoded test
@@ -25,11 +26,13 @@ twin (no p-value).
 Usage: python bench/table2.py --quick            (MNIST, 0.6%, subset seed 0: <= 30 min on 2 cores)
        python bench/table2.py [--dataset mnist|cifar10] [--schemes ...] [--methods ...]
                               [--sizes 1/class 0.6 1.2 6 10.8] [--seeds 0 1 2] [--workers 2]
+                              [--resume]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import sys
 import time
@@ -150,6 +153,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--workers", type=int, default=2, help="rows run in parallel, one torch "
                     "thread each")
+    ap.add_argument("--resume", action="store_true", help="skip the rows table2.json already holds")
     args = ap.parse_args()
     if args.quick:
         args.dataset, args.sizes, args.seeds = "mnist", ["0.6"], [0]
@@ -176,46 +180,51 @@ def main() -> None:
                                  "size": size, "seed": seed, "zoo": zoo,
                                  "n": subset_size(args.dataset, size), "commit": commit})
     jobs.sort(key=lambda j: (-j["n"], j["method"] != "laundering"))   # longest first
-    rows = []
+    if args.resume:
+        result = common.RESULTS / "table2.json"
+        done = {key(r) for r in json.loads(result.read_text())["rows"]} if result.is_file() else set()
+        skipped = [j for j in jobs if key(j) in done]
+        jobs = [j for j in jobs if key(j) not in done]
+        print(f"--resume: {len(skipped)} rows already in table2.json, {len(jobs)} to run", flush=True)
+    # the run's record, rewritten with every row, so that a run stopped part-way keeps its rows
+    run = {"argv": sys.argv[1:], "commit": commit, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "rows": 0, "workers": args.workers, "seconds": 0.0, "machine": common.machine()}
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
         futs = [pool.submit(run_row, j) for j in jobs]
         for f in as_completed(futs):
             r = f.result()
-            rows.append(r)
+            run.update(rows=run["rows"] + 1, seconds=round(time.perf_counter() - t0, 1))
+            path = common.update_result("table2.json", lambda old, r=r: merged(old, [r], run, zoo_info))
             print(f"{key(r)}: test {r['test_acc_before']:.4f} -> {r['test_acc_after']:.4f}, wm "
                   f"{r['wm_acc_before']:.4f} -> {r['wm_acc_after']:.4f} (vanilla "
                   f"{r['vanilla_wm_acc']}), p {r['p_value']}, {r['seconds']:.0f} s", flush=True)
-    wall = time.perf_counter() - t0
-
-    def update(old: dict) -> dict:
-        kept = {key(r): r for r in old.get("rows", [])}
-        kept.update({key(r): r for r in rows})
-        runs = old.get("runs", []) + [{"argv": sys.argv[1:], "commit": commit, "rows": len(rows),
-                                       "workers": args.workers, "seconds": round(wall, 1),
-                                       "machine": common.machine()}]
-        # only the runs some kept row comes from
-        runs = [r for r in runs if r["commit"] in {row["commit"] for row in kept.values()}]
-        return {"what": "Table 2: laundering and removal baselines per watermark scheme, subset "
-                        "size and subset seed (zoo models; audit launder --method defaults)",
-                "alpha": ALPHA, "sizes": {k: v for k, v in SIZES.items()},
-                "zoo": {**old.get("zoo", {}), **zoo_info},
-                "full_train": FULL_TRAIN, "runs": runs,
-                "rows": sorted(kept.values(), key=key)}
-
-    path = common.update_result("table2.json", update)
-    print(f"\n{len(rows)} rows in {wall / 60:.1f} min; wrote {path}")
+    if not jobs:
+        return
+    print(f"\n{run['rows']} rows in {run['seconds'] / 60:.1f} min; wrote {path}")
     try:
         print(f"wrote {figure3(common.RESULTS / 'table2.json')}")
     except ImportError:
         print("figure3.png not drawn: matplotlib is missing (pip install -e \".[bench]\")")
 
 
+def merged(old: dict, rows: list[dict], run: dict, zoo_info: dict) -> dict:
+    """table2.json with `rows` added (replacing rows of the same key) and `run`'s record added
+    or brought up to date; only the runs some kept row comes from are listed."""
+    kept = {key(r): r for r in old.get("rows", [])}
+    kept.update({key(r): r for r in rows})
+    runs = [r for r in old.get("runs", [])
+            if (r.get("started"), r["commit"]) != (run["started"], run["commit"])] + [dict(run)]
+    runs = [r for r in runs if r["commit"] in {row["commit"] for row in kept.values()}]
+    return {"what": "Table 2: laundering and removal baselines per watermark scheme, subset "
+                    "size and subset seed (zoo models; audit launder --method defaults)",
+            "alpha": ALPHA, "sizes": dict(SIZES), "zoo": {**old.get("zoo", {}), **zoo_info},
+            "full_train": FULL_TRAIN, "runs": runs, "rows": sorted(kept.values(), key=key)}
+
+
 def figure3(result: Path) -> Path:
     """Laundering's watermark (solid) and test (dotted) accuracy against rounds, one colour per
     subset size (mean over subset seeds), one column per scheme, one figure row per data set.
     A curve ends where laundering stopped early."""
-    import json
-
     import matplotlib
 
     matplotlib.use("Agg")
