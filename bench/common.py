@@ -71,13 +71,15 @@ def machine() -> dict:
 
 
 def commit() -> str:
-    """The repository's short HEAD commit, with `-dirty` when tracked files differ from it."""
+    """The repository's short HEAD commit, with `-dirty` when tracked files other than the
+    benches' results differ from it (a bench still writing its results leaves the code clean)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
                               check=False).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
+    return head + ("-dirty" if changed else "")
 
 
 # Machine paths in results become names that hold on any checkout: the shared data beside the
