@@ -366,6 +366,7 @@ PAPER_TABLE2 = {
     ("cifar10", "prune", "unrelated"): (78.12, 62.15, 99.86, 10.93, "20%"),
 }
 TABLE2_METHODS = ("laundering", "fine-tune", "prune", "fine-prune", "nc-unlearn", "i-bau")
+SIZE_ORDER = ("1/class", "0.6", "1.2", "6", "10.8")
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -406,7 +407,35 @@ def _table2_comparison(rows: list[dict]) -> str:
                      + ("no baseline ends ownership." if not also else
                         "also ending ownership: " + "; ".join(also) + "."))
     return "\n\nWhere laundering stands against the baselines (means over the seeds):\n\n" + \
-        "\n".join(lines) if lines else ""
+        "\n".join(lines) + "\n" if lines else ""
+
+
+def _table2_by_size(d: dict, ds: str) -> str:
+    """One line per (scheme, method), one column per subset size: the watermark accuracy left,
+    the test accuracy lost and how often ownership is still proven (means over the seeds)."""
+    import statistics
+
+    rows = [r for r in d["rows"] if r["dataset"] == ds]
+    sizes = [s for s in d["sizes"] if any(r["size"] == s for r in rows)]
+    body = []
+    for scheme in ("content", "noise", "unrelated", "adi"):
+        for method in TABLE2_METHODS:
+            cells = []
+            for size in sizes:
+                sel = [r for r in rows if (r["scheme"], r["method"], r["size"]) == (scheme, method, size)]
+                cells.append("" if not sel else
+                             f"{100 * statistics.fmean(r['wm_acc_after'] for r in sel):.2f} / "
+                             f"{100 * statistics.fmean(r['test_acc_before'] - r['test_acc_after'] for r in sel):.2f}"
+                             f" ({sum(r['demonstrated'] for r in sel)}/{len(sel)})")
+            if any(cells):
+                body.append([scheme, method, *cells])
+    head = ["scheme", "method", *[("1 image per class" if s == "1/class" else f"{s}%") for s in sizes]]
+    return section(f"Table 2: {ds}, every subset size",
+                   f"python bench/table2.py --dataset {ds} --sizes {' '.join(SIZE_ORDER)} --seeds 0 1 2 --resume",
+                   None, table(head, body),
+                   "Each cell: watermark accuracy % after / test accuracy points lost (ownership "
+                   "still proven on k of n subset seeds), means over the seeds measured so far; "
+                   "the tables below give before → after, the spread, the commits and the runs.")
 
 
 def table2(d: dict) -> str:
@@ -418,6 +447,8 @@ def table2(d: dict) -> str:
     order = {s: i for i, s in enumerate(d["sizes"])}
     parts = []
     datasets = ("mnist", "cifar10", "badnets")
+    if len({r["size"] for r in d["rows"] if r["dataset"] == "mnist"}) > 1:
+        parts.append(_table2_by_size(d, "mnist"))
     for (ds, size), rows in sorted(groups.items(), key=lambda kv: (datasets.index(kv[0][0]),
                                                                   order[kv[0][1]])):
         body = []
