@@ -429,13 +429,17 @@ def _table2_by_size(d: dict, ds: str) -> str:
                              f" ({sum(r['demonstrated'] for r in sel)}/{len(sel)})")
             if any(cells):
                 body.append([scheme, method, *cells])
+    body.append(["all", "minutes (sum of the rows)", *[
+        f"{sum(r['seconds'] for r in rows if r['size'] == size) / 60:.0f} "
+        f"({sum(r['size'] == size for r in rows)} rows)" for size in sizes]])
     head = ["scheme", "method", *[("1 image per class" if s == "1/class" else f"{s}%") for s in sizes]]
     return section(f"Table 2: {ds}, every subset size",
                    f"python bench/table2.py --dataset {ds} --sizes {' '.join(SIZE_ORDER)} --seeds 0 1 2 --resume",
                    None, table(head, body),
                    "Each cell: watermark accuracy % after / test accuracy points lost (ownership "
                    "still proven on k of n subset seeds), means over the seeds measured so far; "
-                   "the tables below give before → after, the spread, the commits and the runs.")
+                   "the tables below give before → after, the spread, the commits and the runs. "
+                   "The last line: the rows' own wall time (one torch thread each, 2-core machine).")
 
 
 def table2(d: dict) -> str:
