@@ -60,7 +60,7 @@ def analyse(model: onnx.ModelProto, where: str = "model") -> ModelInfo:
     if inp.type.tensor_type.elem_type not in FLOAT_TYPES:
         raise ModelError(f"{where}: input {inp.name!r} is not a float tensor (no float image input)")
     dims = _dims(inp)
-    layout, c, h, w = infer_layout(model, inp.name, dims, where)
+    geo = infer_layout(model, inp.name, dims, where)
     fixed = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
 
     out, k = _class_output(model, where, fixed)
@@ -68,13 +68,23 @@ def analyse(model: onnx.ModelProto, where: str = "model") -> ModelInfo:
     return ModelInfo(
         producer=" ".join(x for x in (model.producer_name, model.producer_version) if x),
         ir_version=model.ir_version, opset=opset(model), input_name=inp.name, input_shape=dims,
-        layout=layout, channels=c, height=h, width=w, output_name=out.name, num_classes=k,
+        layout=geo.layout, channels=geo.channels, height=geo.height, width=geo.width,
+        output_name=out.name, num_classes=k,
         output_kind=kind, fixed_batch=fixed,
     )
 
 
-def infer_layout(model: onnx.ModelProto, name: str, dims: tuple, where: str
-                 ) -> tuple[str, int, int, int]:
+@dataclass(frozen=True)
+class InputGeometry:
+    """How an image batch enters the graph: the layout and the image's channels and size."""
+
+    layout: str   # NCHW, NHWC, NHW or NF (flat)
+    channels: int
+    height: int
+    width: int
+
+
+def infer_layout(model: onnx.ModelProto, name: str, dims: tuple, where: str) -> InputGeometry:
     def static(d) -> int | None:
         return d if isinstance(d, int) and d > 0 else None
 
@@ -88,21 +98,21 @@ def infer_layout(model: onnx.ModelProto, name: str, dims: tuple, where: str
                        and list(_perm(n)) == [0, 3, 1, 2] for n in model.graph.node)
             first_ch = not nhwc
         if first_ch and d2 and d3:
-            return "NCHW", d1, d2, d3
+            return InputGeometry("NCHW", d1, d2, d3)
         if last_ch and d1 and d2:
-            return "NHWC", d3, d1, d2
+            return InputGeometry("NHWC", d3, d1, d2)
         raise ModelError(f"{where}: cannot infer the image layout of input shape {list(dims)}")
     if rank == 3:
         h, w = static(dims[1]), static(dims[2])
         if h and w:
-            return "NHW", 1, h, w
+            return InputGeometry("NHW", 1, h, w)
     if rank == 2:
         f = static(dims[1])
         if f:
             for c in (1, 3):
                 side = math.isqrt(f // c)
                 if f % c == 0 and side * side * c == f:
-                    return "NF", c, side, side
+                    return InputGeometry("NF", c, side, side)
     raise ModelError(f"{where}: input shape {list(dims)} is not an image batch "
                      "([N,C,H,W], [N,H,W,C], [N,H,W] or flat [N,H*W])")
 
