@@ -443,7 +443,7 @@ class Launderer:
         hold, train_idx = hold_out(n, seed)
         ho_idx = _stamped_index(hold, n, len(parts.stamped) // n)
         data = _retraining_set(parts.split(train_idx))
-        losses: dict[str, float] = {}
+        scores: dict[str, float] = {}
 
         def trial(lr: float) -> float:
             retrain(self.tm.module, self.forward, data.x, data.y, replace(rcfg, lr=lr, max_epochs=rcfg.epochs),
@@ -454,15 +454,11 @@ class Launderer:
             clean = torch_loss(self.forward, parts.subset.x[hold], parts.subset.y[hold], self.device)
             stamped = torch_loss(self.forward, parts.stamped[ho_idx], parts.stamped_y[ho_idx],
                                  self.device)
-            losses[f"{lr:g}:clean"], losses[f"{lr:g}:stamped"] = clean, stamped
-            return -(clean + stamped) / 2
+            score = -(clean + stamped) / 2
+            scores[f"{lr:g}:clean"], scores[f"{lr:g}:stamped"], scores[f"{lr:g}"] = clean, stamped, score
+            return score
 
-        lr, tried = try_rates(self.tm.module, self.state.keep, trial)
-        scores: dict[str, float] = {}
-        for rate, score in tried.items():   # report order: score, clean, stamped per rate
-            scores[f"{rate:g}:clean"], scores[f"{rate:g}:stamped"] = \
-                losses[f"{rate:g}:clean"], losses[f"{rate:g}:stamped"]
-            scores[f"{rate:g}"] = score
+        lr, _ = try_rates(self.tm.module, self.state.keep, trial)
         return lr, scores
 
     # ------------------------------------------------------------------ keep

@@ -68,9 +68,7 @@ def analyse(model: onnx.ModelProto, where: str = "model") -> ModelInfo:
     return ModelInfo(
         producer=" ".join(x for x in (model.producer_name, model.producer_version) if x),
         ir_version=model.ir_version, opset=opset(model), input_name=inp.name, input_shape=dims,
-        layout=geo.layout, channels=geo.channels, height=geo.height, width=geo.width,
-        output_name=out.name, num_classes=k,
-        output_kind=kind, fixed_batch=fixed,
+        **asdict(geo), output_name=out.name, num_classes=k, output_kind=kind, fixed_batch=fixed,
     )
 
 
