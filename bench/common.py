@@ -71,14 +71,16 @@ def machine() -> dict:
 
 
 def commit() -> str:
-    """The repository's short HEAD commit, with `-dirty` when tracked files other than the
-    benches' results differ from it (a bench still writing its results leaves the code clean)."""
+    """The repository's short HEAD commit, with `-dirty` when the code differs from it: the
+    benches' results and the documents rendered from them (docs/, README.md) do not count, so a
+    bench still writing its results, or docs regenerated meanwhile, leave the commit clean."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
                               check=False).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results",
+                  ":(exclude)docs", ":(exclude)README.md")
     return head + ("-dirty" if changed else "")
 
 

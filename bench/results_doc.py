@@ -366,7 +366,6 @@ PAPER_TABLE2 = {
     ("cifar10", "prune", "unrelated"): (78.12, 62.15, 99.86, 10.93, "20%"),
 }
 TABLE2_METHODS = ("laundering", "fine-tune", "prune", "fine-prune", "nc-unlearn", "i-bau")
-SIZE_ORDER = ("1/class", "0.6", "1.2", "6", "10.8")
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -434,7 +433,7 @@ def _table2_by_size(d: dict, ds: str) -> str:
         f"({sum(r['size'] == size for r in rows)} rows)" for size in sizes]])
     head = ["scheme", "method", *[("1 image per class" if s == "1/class" else f"{s}%") for s in sizes]]
     return section(f"Table 2: {ds}, every subset size",
-                   f"python bench/table2.py --dataset {ds} --sizes {' '.join(SIZE_ORDER)} --seeds 0 1 2 --resume",
+                   f"python bench/table2.py --dataset {ds} --sizes {' '.join(d['sizes'])} --seeds 0 1 2 --resume",
                    None, table(head, body),
                    "Each cell: watermark accuracy % after / test accuracy points lost (ownership "
                    "still proven on k of n subset seeds), means over the seeds measured so far; "
@@ -451,8 +450,8 @@ def table2(d: dict) -> str:
     order = {s: i for i, s in enumerate(d["sizes"])}
     parts = []
     datasets = ("mnist", "cifar10", "badnets")
-    if len({r["size"] for r in d["rows"] if r["dataset"] == "mnist"}) > 1:
-        parts.append(_table2_by_size(d, "mnist"))
+    parts += [_table2_by_size(d, ds) for ds in datasets
+              if len({r["size"] for r in d["rows"] if r["dataset"] == ds}) > 1]
     for (ds, size), rows in sorted(groups.items(), key=lambda kv: (datasets.index(kv[0][0]),
                                                                   order[kv[0][1]])):
         body = []

@@ -183,9 +183,10 @@ def main() -> None:
     if args.resume:
         result = common.RESULTS / "table2.json"
         done = {key(r) for r in json.loads(result.read_text())["rows"]} if result.is_file() else set()
-        skipped = [j for j in jobs if key(j) in done]
-        jobs = [j for j in jobs if key(j) not in done]
-        print(f"--resume: {len(skipped)} rows already in table2.json, {len(jobs)} to run", flush=True)
+        todo = [j for j in jobs if key(j) not in done]
+        print(f"--resume: {len(jobs) - len(todo)} rows already in table2.json, {len(todo)} to run",
+              flush=True)
+        jobs = todo
     # the run's record, rewritten with every row, so that a run stopped part-way keeps its rows
     run = {"argv": sys.argv[1:], "commit": commit, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "rows": 0, "workers": args.workers, "seconds": 0.0, "machine": common.machine()}
@@ -194,7 +195,7 @@ def main() -> None:
         for f in as_completed(futs):
             r = f.result()
             run.update(rows=run["rows"] + 1, seconds=round(time.perf_counter() - t0, 1))
-            path = common.update_result("table2.json", lambda old, r=r: merged(old, [r], run, zoo_info))
+            path = common.update_result("table2.json", lambda old, r=r: merged(old, r, run, zoo_info))
             print(f"{key(r)}: test {r['test_acc_before']:.4f} -> {r['test_acc_after']:.4f}, wm "
                   f"{r['wm_acc_before']:.4f} -> {r['wm_acc_after']:.4f} (vanilla "
                   f"{r['vanilla_wm_acc']}), p {r['p_value']}, {r['seconds']:.0f} s", flush=True)
@@ -207,11 +208,11 @@ def main() -> None:
         print("figure3.png not drawn: matplotlib is missing (pip install -e \".[bench]\")")
 
 
-def merged(old: dict, rows: list[dict], run: dict, zoo_info: dict) -> dict:
-    """table2.json with `rows` added (replacing rows of the same key) and `run`'s record added
+def merged(old: dict, row: dict, run: dict, zoo_info: dict) -> dict:
+    """table2.json with `row` added (replacing a row of the same key) and `run`'s record added
     or brought up to date; only the runs some kept row comes from are listed."""
     kept = {key(r): r for r in old.get("rows", [])}
-    kept.update({key(r): r for r in rows})
+    kept[key(row)] = row
     runs = [r for r in old.get("runs", [])
             if (r.get("started"), r["commit"]) != (run["started"], run["commit"])] + [dict(run)]
     runs = [r for r in runs if r["commit"] in {row["commit"] for row in kept.values()}]
