@@ -507,6 +507,12 @@ def _launder_figures(res, seconds: float) -> dict[str, Any]:
             "stop_reason": res.stop_reason,
             "flagged": [r.recovery.get("flagged", []) for r in res.rounds],
             "units_reset": [int(sum(r.units_reset.values())) for r in res.rounds],
+            "shrink": [r.shrink for r in res.rounds],
+            "triggers_used": [r.triggers_used for r in res.rounds],
+            "sink_class": [r.sink_class for r in res.rounds],
+            "sink_ood_share": [None if r.ood_prediction_shares is None or r.sink_class is None
+                               else round(r.ood_prediction_shares[r.sink_class], 4) for r in res.rounds],
+            "stopped": [r.stopped for r in res.rounds],
             "subset_accuracy_before": res.subset_accuracy_before,
             "subset_accuracy_after": res.subset_accuracy_after, "seconds": round(seconds, 1)}
 

@@ -483,65 +483,6 @@ def test_failure_while_writing_leaves_no_partial_file(zoo, tmp_path, capsys, mon
 
 
 # ------------------------------------------------------------------------------------------
-# out-of-distribution watermarks (Zhang "unrelated" letters, Adi abstract images): Neural
-# Cleanse does not see them; the retraining's synthetic OOD images labelled as the sink do
-
-
-# wm accuracy bound after laundering, as points above the vanilla twin's rate; the laundered
-# model must not demonstrate ownership either (audit verify's exact binomial test against the
-# vanilla rate). Adi on 16x16 digits is the weak case: 11-14% of the trigger set against a
-# vanilla rate of 8-12% (real and generated trigger sets).
-OOD_SCHEMES = {"unrelated": 0.05, "adi": 0.07}
-# the shrunk warm start (round 1 flags nothing on these models) costs the 150-image digits
-# models 2-3.1 points of test accuracy, depending on the floating-point results of their
-# training (the Adi model trains to 96.89% or 97.11% with the same seed; README, Limitations)
-MAX_OOD_TEST_DROP = 0.04
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("scheme", sorted(OOD_SCHEMES))
-def test_launder_removes_out_of_distribution_watermarks(scheme, digits_zoo, one_thread):
-    from dataclasses import replace
-
-    from audit.launder import LaunderConfig, launder_model
-    from audit.verify import verify_predictions
-
-    e = digits_zoo(scheme)
-    geo = dict(channels=1, height=16, width=16)
-    pp = Preprocess(**e.meta["preprocess"])
-    train = load_dataset(e.data_dir / "train.npz", **geo)
-    test = load_dataset(e.data_dir / "test.npz", **geo)
-    trig = load_dataset(e.triggers, **geo)
-    wm = AuditModel.load(e.watermarked, device="cpu")
-    vanilla_rate = AuditModel.load(e.vanilla, device="cpu").accuracy(trig.x, trig.y, pp)
-    cfg = LaunderConfig(rounds=2, device="cpu")
-    cfg = replace(cfg, nc=replace(cfg.nc, epochs=20))
-    res = launder_model(wm, stratified_subset(train, SUBSET, seed=0), pp, cfg)
-    before = (wm.accuracy(test.x, test.y, pp), wm.accuracy(trig.x, trig.y, pp))
-    after = (res.model.accuracy(test.x, test.y, pp), res.model.accuracy(trig.x, trig.y, pp))
-    msg = f"{scheme}: test {before[0]:.4f} -> {after[0]:.4f}, wm {before[1]:.4f} -> {after[1]:.4f}, " \
-          f"vanilla {vanilla_rate:.4f}"
-    assert before[1] >= 0.95, msg
-    assert after[1] <= vanilla_rate + OOD_SCHEMES[scheme], msg
-    assert before[0] - after[0] <= MAX_OOD_TEST_DROP, msg
-    v = verify_predictions(res.model.predict(trig.x, pp), trig.y, vanilla_rate)
-    assert not v.demonstrated, f"{msg}, p {v.p_value:.3g}"
-    # round 1 retrains from shrunk weights unless Neural Cleanse flagged a class (it flags
-    # nothing on the Adi model: the shrink is what launders it); later rounds do not
-    done = [r for r in res.rounds if not r.stopped]
-    assert done[0].shrink == (None if done[0].recovery["flagged"] else 0.5), msg
-    assert all(r.shrink is None for r in done[1:]), msg
-    if scheme == "adi":
-        assert done[0].shrink == 0.5, msg
-    assert all(r.shrink is None for r in done[1:]), msg
-    # the sink never is an OOD attractor, and it stays put unless it becomes a suspect
-    rounds = [r for r in res.rounds if not r.stopped]
-    k = wm.info.num_classes
-    assert all(r.ood_prediction_shares[r.sink_class] <= 2 / k for r in rounds)
-    assert all(set(a.triggers_used) <= set(b.triggers_used) for a, b in zip(rounds, rounds[1:]))
-
-
-# ------------------------------------------------------------------------------------------
 # the real BadNets model (../shared/data): 360 MNIST training images
 
 
@@ -570,9 +511,10 @@ def test_badnets_mnist_launder(shared_data, tmp_path, one_thread):
     stamped[:, :, 23:28, 23:28] = 1.0
     out = tmp_path / "laundered.onnx"
     t = time.perf_counter()
-    # defaults (seed 0): bench/launder_badnets.py measures the same run (clean accuracy and
-    # attack success per seed in bench/results/launder_badnets.json)
-    cfg = LaunderConfig(device="cpu")
+    # the default settings' first round (seed 0), the round the default run keeps: its second
+    # round flags no class and stops (bench/launder_badnets.py runs all rounds on 3 seeds;
+    # clean accuracy and attack success per seed in bench/results/launder_badnets.json)
+    cfg = LaunderConfig(rounds=1, device="cpu")
     res = launder(model, data, out, preprocess=BADNETS_PP, config=cfg, device="cpu")
     seconds = time.perf_counter() - t
     am = AuditModel.load(out, device="cpu")

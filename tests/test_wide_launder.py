@@ -7,7 +7,8 @@ regressions; the pass rates over the splits are the bench's (held out:
 bench/results/wide_zoo.json). Each draw is built, laundered with LaunderConfig's defaults and
 judged as bench/wide_zoo.py judges it: the watermark is not demonstrated (`audit verify`
 against the twin, alpha 0.01), its accuracy is at most the twin's + 2 points, and the test
-accuracy drops by at most 2 points (median over the draws at most 1).
+accuracy drops by at most 2 points (median over the draws at most 1). Each draw's rounds are
+checked against the schedule: the shrunk warm start, the OOD sink, the triggers used.
 
 The four draws run in two worker processes (one torch thread each; deterministic on the CPU).
 """
@@ -72,3 +73,21 @@ def test_test_accuracy_kept(rows, scheme):
 
 def test_median_drop(rows):
     assert statistics.median(r["test_drop"] for r in rows.values()) <= MAX_MEDIAN_DROP
+
+
+@pytest.mark.parametrize("scheme", list(SEEDS))
+def test_rounds_follow_the_schedule(rows, scheme):
+    """The first round retrains from shrunk weights exactly when Neural Cleanse flags no class
+    (on the Adi draw it flags none: the shrink is what launders it), later rounds never do; the
+    OOD sink never attracts the OOD images (at most 2/k of them predicted as the sink); the
+    triggers used only grow from round to round."""
+    f = rows[scheme]["launder"]
+    done = [i for i, stopped in enumerate(f["stopped"]) if not stopped]
+    first, later = done[0], done[1:]
+    assert f["shrink"][first] == (None if f["flagged"][first] else LaunderConfig().shrink), f
+    assert all(f["shrink"][i] is None for i in later), f
+    if scheme == "adi":
+        assert f["shrink"][first] is not None, f
+    assert all(f["sink_ood_share"][i] is not None and f["sink_ood_share"][i] <= 2 / 10 for i in done), f
+    used = [set(f["triggers_used"][i]) for i in done]
+    assert all(a <= b for a, b in zip(used, used[1:])), f
