@@ -8,8 +8,11 @@ Models (shared/data unless noted; preprocessing from MANIFEST.json):
   * MNIST zoo models (``build_entry("mnist", scheme, <zoo-dir>/mnist_<scheme>)``, reused when
     meta.json exists): the Zhang *content* and *noise* watermarked models (target 0) and the
     vanilla twin of the content entry; the same three from the digits zoo
-  * with ``--wide N``: the wide zoo's dev draws 0..N-1 that carry a content or noise mark, and
-    every twin they share ($AUDIT_BENCH_ZOO/wide, built when missing)
+  * with ``--wide N``: the wide zoo's dev digits draws 0..N-1 that carry a content or noise
+    mark, and the twin of every one of those N draws, whatever its scheme
+    ($AUDIT_BENCH_ZOO/wide, built when missing); ``--heldout-digits N`` and ``--heldout-mnist
+    N`` add the held-out split's first N draws of that size the same way. The detection
+    defaults were set on the dev draws and the zoo; the summary gives each split's rates.
 
 Data: ``audit detect --max-images 1000`` on the MNIST test set (a stratified 1,000 images for
 Neural Cleanse, 500 of the rest held out for the confirmation's transfer check); CIFAR-10: the
@@ -21,7 +24,8 @@ recovery with Neural Cleanse's own index. torch runs with ``--threads`` threads 
 Acceptance: at most 1 in 10 clean models flagged; the BadNets model and at least 90% of the
 zoo's content and noise models flagged on their target.
 
-Usage: python bench/detect_models.py [--zoo-dir DIR] [--wide N] [--only NAME ...]
+Usage: python bench/detect_models.py [--zoo-dir DIR] [--wide N] [--heldout-digits N]
+       [--heldout-mnist N] [--only NAME ...]
 Writes bench/results/detect_models.json (with the commit, paths relative to the repository or
 its caches) and prints a markdown table.
 """
@@ -120,24 +124,25 @@ def model_list(manifest: dict, zoo_dir: Path, copy_from: list[Path]) -> list[dic
     return models
 
 
-def wide_models(n: int, cache: Path) -> list[dict]:
-    """Wide-zoo dev draws 0..n-1 with a content or noise mark, and every twin they share."""
-    from audit.models_zoo.wide import build_draw, make_draw
+def wide_models(splits: list[tuple[str, str, int]], cache: Path) -> list[dict]:
+    """Wide-zoo draws, ``(split, size, n)`` each: the first n draws of that split and size that
+    carry a content or noise mark, and the twin of every draw (any scheme: all are clean)."""
+    from audit.models_zoo.wide import build_draw, draws
 
     models, twins = [], {}
-    for seed in range(n):
-        draw = make_draw(seed)
-        if draw.scheme not in ZOO_SCHEMES:
-            continue
-        e = build_draw(draw, cache)
-        pp = e.meta["preprocess"]
-        common_ = {"scale": pp["scale"], "mean": pp["mean"], "std": pp["std"],
-                   "data": e.data_dir / "test.npz"}
-        models.append({"name": f"wide_{e.draw.size}-{seed}", "path": e.watermarked,
-                       "kind": f"wide watermarked ({draw.scheme})", "target": e.meta["target"],
-                       **common_})
-        twins.setdefault(str(e.vanilla), {"name": f"wide_twin_{draw.twin_key}", "path": e.vanilla,
-                                          "kind": "wide vanilla twin", "target": None, **common_})
+    for split, size, n in splits:
+        for draw in draws(split, n, size):
+            e = build_draw(draw, cache)
+            pp = e.meta["preprocess"]
+            common_ = {"scale": pp["scale"], "mean": pp["mean"], "std": pp["std"],
+                       "data": e.data_dir / "test.npz", "split": split}
+            if draw.scheme in ZOO_SCHEMES:
+                models.append({"name": f"wide_{size}-{draw.seed}", "path": e.watermarked,
+                               "kind": f"wide watermarked ({draw.scheme})",
+                               "target": e.meta["target"], **common_})
+            twins.setdefault(str(e.vanilla), {"name": f"wide_twin_{draw.twin_key}",
+                                              "path": e.vanilla, "kind": "wide vanilla twin",
+                                              "target": None, **common_})
     return models + list(twins.values())
 
 
@@ -196,6 +201,7 @@ def run_one(m: dict, data, seed: int, n_images: int) -> dict:
             "most_likely_infected": d["most_likely_infected"], "epochs_run": d["epochs_run"],
             "n_images": d["n_images"], "n_held_out": d["n_held_out"], "seconds": round(seconds, 1),
             "load_average_1min_at_start": round(load0, 2), **({"zoo": m["zoo"]} if "zoo" in m else {}),
+            **({"split": m["split"]} if "split" in m else {}),
             "anomaly_scale": d["anomaly_scale"], **l1_scale(d["norms"], target)}
 
 
@@ -247,6 +253,14 @@ def summarise(rows: list[dict]) -> dict:
         for size in sorted({r["name"].split("-")[0] for r in wide}):
             part = [r for r in wide if r["name"].startswith(size + "-")]
             out[f"{size}_target_flagged"] = _rate(part, lambda r: r["pass"])
+    # the wide zoo per split: the detection defaults were set on the dev draws and the zoo, so
+    # the held-out split's rates are the ones that say how they generalise
+    for split in sorted({r["split"] for r in rows if "split" in r}):
+        twins = [r for r in clean if r.get("split") == split]
+        marks = [r for r in wide if r.get("split") == split]
+        out[f"wide_{split}"] = {"twins_flagged": _rate(twins, lambda r: r["flagged"]),
+                                "twins_candidates_unconfirmed": _rate(twins, lambda r: r["candidates"]),
+                                "targets_flagged": _rate(marks, lambda r: r["pass"])}
     lp = [r["l1_scale"]["pass"] for r in bad]
     out["l1_scale"] = {"backdoored_target_flagged": f"{sum(lp)}/{len(lp)}",
                        "clean_flagged": _rate(clean, lambda r: r["l1_scale"]["flagged"])}
@@ -278,9 +292,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", default=None, help="Run only these model names.")
-    ap.add_argument("--wide", type=int, default=0,
-                    help="Also the wide zoo's dev draws 0..N-1 with a content or noise mark, and "
-                         "their twins (cache: $AUDIT_BENCH_ZOO/wide).")
+    ap.add_argument("--wide", type=int, default=0, metavar="N",
+                    help="Also the wide zoo's dev digits draws 0..N-1 with a content or noise mark, "
+                         "and "
+                         "the twins of draws 0..N-1 (cache: $AUDIT_BENCH_ZOO/wide).")
+    ap.add_argument("--heldout-digits", type=int, default=0, metavar="N",
+                    help="Also the wide zoo's first N held-out digits draws, likewise.")
+    ap.add_argument("--heldout-mnist", type=int, default=0, metavar="N",
+                    help="Also the wide zoo's first N held-out MNIST draws, likewise.")
     ap.add_argument("--out", type=Path, default=RESULTS / "detect_models.json")
     args = ap.parse_args()
     if not (SHARED / "MANIFEST.json").is_file():
@@ -299,8 +318,11 @@ def main() -> int:
     # detect draws the same stratified sample (n_images, seed) and holds out the rest
     data = test
     models = model_list(manifest, args.zoo_dir, args.copy_from)
-    if args.wide:
-        models += wide_models(args.wide, common.ZOO_CACHE / "wide")
+    splits = [(split, size, n) for split, size, n in (("dev", "digits", args.wide),
+                                                      ("heldout", "digits", args.heldout_digits),
+                                                      ("heldout", "mnist", args.heldout_mnist)) if n]
+    if splits:
+        models += wide_models(splits, common.ZOO_CACHE / "wide")
     if args.only:
         models = [m for m in models if m["name"] in args.only]
     rows = []
@@ -319,7 +341,8 @@ def main() -> int:
                 "their own test images, a fifth held out)",
         "data": f"MNIST t10k: detect's stratified sample (max_images={args.n_images}, seed="
                 f"{args.seed}), the rest held out",
-        "torch_threads": args.threads, "machine": info, "summary": summary, "models": rows,
+        "argv": sys.argv[1:], "torch_threads": args.threads, "machine": info, "summary": summary,
+        "models": rows,
         "total_seconds": round(time.perf_counter() - t_all, 1),
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     }

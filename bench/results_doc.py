@@ -136,7 +136,14 @@ def detect_models(d: dict) -> str:
                      ",".join(map(str, l1["flagged"])) or "none", yes(m["pass"])])
     s = d["summary"]
     wide_line = ""
-    if wide:
+    if any(k.startswith("wide_") and isinstance(v, dict) for k, v in s.items()):
+        parts = [f"{split} split: targets flagged {v['targets_flagged']}, twins flagged "
+                 f"{v['twins_flagged']} ({v['twins_candidates_unconfirmed']} before confirmation)"
+                 for split, v in ((k[5:], v) for k, v in s.items()
+                                  if k.startswith("wide_") and isinstance(v, dict))]
+        wide_line = (" Wide zoo (draws with a content or noise mark, and the twins of all "
+                     "draws): " + "; ".join(parts) + ".")
+    elif wide:
         twins = [m for m in wide if m["expected_target"] is None]
         marks = [m for m in wide if m["expected_target"] is not None]
         wide_line = (f" Wide zoo (dev draws with a content or noise mark, and their twins): "
@@ -144,8 +151,9 @@ def detect_models(d: dict) -> str:
                      f"flagged {sum(bool(m['flagged']) for m in twins)}/{len(twins)} "
                      f"({sum(bool(m['candidates']) for m in twins)}/{len(twins)} before "
                      "confirmation).")
+    command = "python bench/detect_models.py " + " ".join(d.get("argv") or ["--wide", "32"])
     return section(
-        "Backdoor detection", "python bench/detect_models.py --wide 32", d.get("commit"),
+        "Backdoor detection", command, d.get("commit"),
         table(["model", "kind", "target", "candidates (index > 2)", "flagged (confirmed)",
                "index", "flagged (l1, unconfirmed)", "pass"], rows),
         f"{d['what']}. The index is the target's, or the largest when there is no target. "
