@@ -255,12 +255,14 @@ def summarise(rows: list[dict]) -> dict:
             out[f"{size}_target_flagged"] = _rate(part, lambda r: r["pass"])
     # the wide zoo per split: the detection defaults were set on the dev draws and the zoo, so
     # the held-out split's rates are the ones that say how they generalise
-    for split in sorted({r["split"] for r in rows if "split" in r}):
-        twins = [r for r in clean if r.get("split") == split]
-        marks = [r for r in wide if r.get("split") == split]
-        out[f"wide_{split}"] = {"twins_flagged": _rate(twins, lambda r: r["flagged"]),
-                                "twins_candidates_unconfirmed": _rate(twins, lambda r: r["candidates"]),
-                                "targets_flagged": _rate(marks, lambda r: r["pass"])}
+    splits = sorted({r["split"] for r in rows if "split" in r})
+    if splits:
+        out["wide_by_split"] = {split: {
+            "twins_flagged": _rate([r for r in clean if r.get("split") == split], lambda r: r["flagged"]),
+            "twins_candidates_unconfirmed": _rate([r for r in clean if r.get("split") == split],
+                                                  lambda r: r["candidates"]),
+            "targets_flagged": _rate([r for r in wide if r.get("split") == split], lambda r: r["pass"]),
+        } for split in splits}
     lp = [r["l1_scale"]["pass"] for r in bad]
     out["l1_scale"] = {"backdoored_target_flagged": f"{sum(lp)}/{len(lp)}",
                        "clean_flagged": _rate(clean, lambda r: r["l1_scale"]["flagged"])}

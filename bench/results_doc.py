@@ -123,9 +123,8 @@ def verify_zoo(d: dict) -> str:
 
 def detect_models(d: dict) -> str:
     rows = []
-    wide = [m for m in d["models"] if m["kind"].startswith("wide")]
     for m in d["models"]:
-        if m in wide:
+        if m["kind"].startswith("wide"):      # summed up per split below
             continue
         t = m["expected_target"]
         l1 = m["l1_scale"]
@@ -135,23 +134,12 @@ def detect_models(d: dict) -> str:
                      ",".join(map(str, m["flagged"])) or "none", f"{idx:.2f}",
                      ",".join(map(str, l1["flagged"])) or "none", yes(m["pass"])])
     s = d["summary"]
-    wide_line = ""
-    if any(k.startswith("wide_") and isinstance(v, dict) for k, v in s.items()):
-        parts = [f"{split} split: targets flagged {v['targets_flagged']}, twins flagged "
-                 f"{v['twins_flagged']} ({v['twins_candidates_unconfirmed']} before confirmation)"
-                 for split, v in ((k[5:], v) for k, v in s.items()
-                                  if k.startswith("wide_") and isinstance(v, dict))]
-        wide_line = (" Wide zoo (draws with a content or noise mark, and the twins of all "
-                     "draws): " + "; ".join(parts) + ".")
-    elif wide:
-        twins = [m for m in wide if m["expected_target"] is None]
-        marks = [m for m in wide if m["expected_target"] is not None]
-        wide_line = (f" Wide zoo (dev draws with a content or noise mark, and their twins): "
-                     f"targets flagged {sum(m['pass'] for m in marks)}/{len(marks)}, twins "
-                     f"flagged {sum(bool(m['flagged']) for m in twins)}/{len(twins)} "
-                     f"({sum(bool(m['candidates']) for m in twins)}/{len(twins)} before "
-                     "confirmation).")
-    command = "python bench/detect_models.py " + " ".join(d.get("argv") or ["--wide", "32"])
+    wide_line = "".join(
+        f" Wide zoo, {split} split (draws with a content or noise mark, and every draw's twin): "
+        f"targets flagged {v['targets_flagged']}, twins flagged {v['twins_flagged']} "
+        f"({v['twins_candidates_unconfirmed']} before confirmation)."
+        for split, v in s.get("wide_by_split", {}).items())
+    command = "python bench/detect_models.py " + " ".join(d["argv"])
     return section(
         "Backdoor detection", command, d.get("commit"),
         table(["model", "kind", "target", "candidates (index > 2)", "flagged (confirmed)",
