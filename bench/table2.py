@@ -45,6 +45,8 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 import numpy as np  # noqa: E402
 
+from audit.graphs.io import sha256_file  # noqa: E402
+
 SCHEMES = ("content", "noise", "unrelated", "adi")
 METHODS = ("laundering", "fine-tune", "prune", "fine-prune", "nc-unlearn", "i-bau")
 #: subset size -> share of the original training set (None: one image per class)
@@ -172,7 +174,8 @@ def main() -> None:
             entry = common.zoo_entry(args.dataset, scheme)[0]
             zoo = str(entry.out_dir)
             zoo_info[f"{args.dataset}/{scheme}"] = {
-                "test_acc": entry.test_acc, "wm_acc": entry.wm_acc, "timings": entry.timings}
+                "test_acc": entry.test_acc, "wm_acc": entry.wm_acc, "timings": entry.timings,
+                "sha256": sha256_file(entry.watermarked)}
         for size in args.sizes:
             for seed in args.seeds:
                 for method in args.methods:
@@ -182,7 +185,9 @@ def main() -> None:
     jobs.sort(key=lambda j: (-j["n"], j["method"] != "laundering"))   # longest first
     if args.resume:
         result = common.RESULTS / "table2.json"
-        done = {key(r) for r in json.loads(result.read_text())["rows"]} if result.is_file() else set()
+        old = json.loads(result.read_text()) if result.is_file() else {}
+        same_models(old.get("zoo", {}), zoo_info)
+        done = {key(r) for r in old.get("rows", [])}
         todo = [j for j in jobs if key(j) not in done]
         print(f"--resume: {len(jobs) - len(todo)} rows already in table2.json, {len(todo)} to run",
               flush=True)
@@ -206,6 +211,22 @@ def main() -> None:
         print(f"wrote {figure3(common.RESULTS / 'table2.json')}")
     except ImportError:
         print("figure3.png not drawn: matplotlib is missing (pip install -e \".[bench]\")")
+
+
+def same_models(recorded: dict, current: dict) -> None:
+    """Exit with one line when a zoo model differs from the one table2.json's rows were measured
+    on: training is deterministic on one machine, not across CPUs, so a zoo rebuilt elsewhere is
+    another model and its rows must not be mixed with the old ones. The models are compared by
+    sha256 and, for records without one, by their test and watermark accuracies."""
+    for name, now in current.items():
+        was = recorded.get(name)
+        if was is None:
+            continue
+        fields = [k for k in ("sha256", "test_acc", "wm_acc") if k in was]
+        if any(was[k] != now[k] for k in fields):
+            sys.exit(f"table2.py: the zoo model {name} is not the one table2.json's rows were "
+                     f"measured on ({', '.join(fields)} differ); move table2.json aside to start "
+                     "a new table on this build, or use the cache the rows came from")
 
 
 def merged(old: dict, row: dict, run: dict, zoo_info: dict) -> dict:

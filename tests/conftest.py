@@ -1,6 +1,7 @@
 """Shared fixtures: where the real data lives (../shared/data), and skipping when it is absent;
-the digits zoo (each scheme built at most once per test run) and one CLI launder of its content
-entry, shared by every module that needs them.
+the digits zoo (each scheme built at most once per test run; the content entry is the one
+`audit demo` builds) and one CLI launder of its content entry, shared by every module that
+needs them.
 
 The suite runs in pytest-xdist workers (``-n auto`` in pyproject.toml). The zoo and the launder
 are built once per run, not once per worker: the first worker to ask builds under a file lock in
@@ -83,10 +84,36 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def digits_zoo(tmp_path_factory):
+def demo_run(tmp_path_factory) -> dict:
+    """`audit demo --out <once>/out --quiet --device cpu`, run in process once per test run
+    (one torch thread). Its first step builds the digits zoo's content entry with the default
+    recipe and seed 0, which is ``digits_content``: the suite trains that pair once. Keys:
+    ``rc``, ``out``, ``stdout``, ``stderr``, ``summary`` (summary.json, None on failure)."""
+    import contextlib
+    import io
+
+    from audit.cli import run
+
+    def make(folder: Path) -> None:
+        out, err = io.StringIO(), io.StringIO()
+        with one_torch_thread(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = run(["demo", "--out", str(folder / "out"), "--quiet", "--device", "cpu"])
+        (folder / "run.json").write_text(json.dumps({"rc": rc, "stdout": out.getvalue(),
+                                                     "stderr": err.getvalue()}))
+
+    folder = once_per_run(tmp_path_factory, "demo", make)
+    rec = json.loads((folder / "run.json").read_text())
+    out = folder / "out"
+    summary = json.loads((out / "summary.json").read_text()) if rec["rc"] == 0 else None
+    return {**rec, "out": out, "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def digits_zoo(tmp_path_factory, request):
     """``digits_zoo(scheme)``: the digits zoo's entry for ``scheme`` (watermarked model, vanilla
     twin, data, triggers) with the default recipe and seed 0, trained with one torch thread;
-    each scheme is built the first time a test asks for it, then shared."""
+    each scheme is built the first time a test asks for it, then shared. The content entry is
+    the one `audit demo` builds (``demo_run``)."""
     from audit.models_zoo.build import build_entry, built_entry
 
     built: dict = {}
@@ -97,9 +124,18 @@ def digits_zoo(tmp_path_factory):
 
     def get(scheme: str):
         if scheme not in built:
-            folder = once_per_run(tmp_path_factory, f"digits_{scheme}",
-                                  lambda f: build(scheme, f))
-            built[scheme] = built_entry(folder)
+            if scheme == "content":
+                demo = request.getfixturevalue("demo_run")
+                if demo["rc"] != 0 and built_entry(demo["out"] / "zoo") is None:
+                    pytest.fail(f"audit demo, which builds the digits content entry, failed: "
+                                f"{demo['stderr'].strip()[-500:]}")
+                folder = demo["out"] / "zoo"
+            else:
+                folder = once_per_run(tmp_path_factory, f"digits_{scheme}",
+                                      lambda f: build(scheme, f))
+            entry = built_entry(folder)
+            assert entry is not None, f"no digits {scheme} entry in {folder}"
+            built[scheme] = entry
         return built[scheme]
 
     return get
@@ -111,8 +147,8 @@ def digits_content(digits_zoo):
     return digits_zoo("content")
 
 
-# the shared CLI launder: defaults except fewer rounds / NC epochs (the test budget)
-LAUNDER_ARGS = ["--rounds", "2", "--nc-epochs", "20", "--seed", "0", "--device", "cpu", "--quiet"]
+# the shared CLI launder: the default settings, which `audit demo` launders the same subset with
+LAUNDER_ARGS = ["--seed", "0", "--device", "cpu", "--quiet"]
 LAUNDER_SUBSET = 150
 
 

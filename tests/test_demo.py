@@ -1,6 +1,7 @@
 """`audit demo`: the README's main job, end to end on the embedded digits data.
 
-One run per module (`audit demo --out <tmp> --quiet --device cpu`, in process): it builds a
+One run per test run (conftest's ``demo_run``: `audit demo --out <tmp> --quiet --device cpu`,
+in process, whose zoo entry the other modules share as ``digits_content``): it builds a
 content-watermarked digits model and its vanilla twin, verifies, detects, launders with 150
 images, verifies again and evaluates. Checked here: the acceptance numbers of summary.json
 (watermark accuracy before >= 95%, after <= vanilla rate + 5 points, test accuracy drop
@@ -8,8 +9,8 @@ images, verifies again and evaluates. Checked here: the acceptance numbers of su
 laundered model's numbers are re-measured with `audit verify` / `audit evaluate`. The wall-clock
 acceptance (< 3 min) is measured by bench/verify_zoo.py (bench/results/demo.json), not here.
 
-The machine running the suite may be shared with other jobs: torch is limited to one thread
-for this module (oversubscribed OpenMP threads slow training 5-10x), restored afterwards.
+The demo runs with one torch thread (oversubscribed OpenMP threads slow training 5-10x on a
+shared machine).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 from audit.cli import run
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
+pytestmark = pytest.mark.slow
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -32,22 +33,8 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, one_thread) -> dict:
-    import io
-    import sys
-
-    out = tmp_path_factory.mktemp("demo") / "out"
-    mp = pytest.MonkeyPatch()
-    buf_out, buf_err = io.StringIO(), io.StringIO()
-    mp.setattr(sys, "stdout", buf_out)
-    mp.setattr(sys, "stderr", buf_err)
-    try:
-        rc = run(["demo", "--out", str(out), "--quiet", "--device", "cpu"])
-    finally:
-        mp.undo()
-    summary = json.loads((out / "summary.json").read_text()) if rc == 0 else None
-    return {"rc": rc, "out": out, "stdout": buf_out.getvalue(), "stderr": buf_err.getvalue(),
-            "summary": summary}
+def demo(demo_run) -> dict:
+    return demo_run
 
 
 def test_demo_exits_0_quietly(demo):

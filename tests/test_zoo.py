@@ -34,9 +34,8 @@ def digits():
     return load_clean("digits")
 
 
-@pytest.fixture(scope="module")
-def built(digits_zoo):
-    return {s: digits_zoo(s) for s in ("content", "noise")}
+# the tests that read the digits builds run in one worker: the other does not wait for them
+BUILDS = pytest.mark.xdist_group("digits_builds")
 
 
 def _is_u8(x: np.ndarray) -> bool:
@@ -158,9 +157,10 @@ def test_adi_real_set():
 # digits builds
 
 
+@BUILDS
 @pytest.mark.parametrize("scheme", ["content", "noise"])
-def test_digits_build_metrics(built, scheme):
-    e = built[scheme]
+def test_digits_build_metrics(digits_zoo, scheme):
+    e = digits_zoo(scheme)
     meta = json.loads(e.meta_path.read_text())
     assert meta["dataset"] == "digits" and meta["scheme"] == scheme and meta["target"] == 0
     assert meta["input_shape"] == [1, 1, 16, 16] and meta["num_classes"] == 10
@@ -173,9 +173,10 @@ def test_digits_build_metrics(built, scheme):
     assert max(meta["export_max_abs_diff"].values()) <= 1e-4
 
 
+@BUILDS
 @pytest.mark.parametrize("scheme", ["content", "noise"])
-def test_digits_build_artefacts_agree(built, scheme):
-    e = built[scheme]
+def test_digits_build_artefacts_agree(digits_zoo, scheme):
+    e = digits_zoo(scheme)
     meta = json.loads(e.meta_path.read_text())
     pre = Preprocess(**meta["preprocess"])
     trig = load_dataset(e.triggers, channels=1, height=16, width=16)
@@ -195,8 +196,9 @@ def test_digits_build_artefacts_agree(built, scheme):
         assert _ort_acc(path, trig.x, trig.y, pre) == pytest.approx(meta["wm_acc"][kind])
 
 
-def test_digits_triggers_deterministic(built, digits, tmp_path):
-    e = built["content"]
+@BUILDS
+def test_digits_triggers_deterministic(digits_zoo, digits, tmp_path):
+    e = digits_zoo("content")
     again = make_trigger_set("content", digits.train.x, digits.train.y, target=0, n=100, seed=0)
     save_image_folder(again.x, again.y, tmp_path / "t")
     assert _folder_bytes(tmp_path / "t") == _folder_bytes(e.triggers)
