@@ -11,7 +11,10 @@ test and watermark accuracy after each round (torch mirror) give Figure 3.
 Rows are kept in bench/results/table2.json under (dataset, scheme, method, size, seed), so
 that runs of parts accumulate (`--resume` skips the rows already there); each row names the
 commit it was measured at, and every run's command, commit and wall time is listed under "runs",
-rewritten with every finished row, so that a run stopped part-way keeps what it measured.
+rewritten with every finished row, so that a run stopped part-way keeps what it measured. The
+rows of one table come from one build of each zoo model (its sha256 under "zoo"): training is
+deterministic on one machine, not across CPUs, so a run whose zoo build differs stops with one
+line instead of adding its rows (move table2.json aside to start a table on the new build).
 bench/results/figure3.png is drawn from the rows (matplotlib: `pip install -e ".[bench]"`);
 docs/results.md's Table 2 by bench/results_doc.py.
 
@@ -183,10 +186,10 @@ def main() -> None:
                                  "size": size, "seed": seed, "zoo": zoo,
                                  "n": subset_size(args.dataset, size), "commit": commit})
     jobs.sort(key=lambda j: (-j["n"], j["method"] != "laundering"))   # longest first
+    result = common.RESULTS / "table2.json"
+    old = json.loads(result.read_text()) if result.is_file() else {}
+    same_models(old.get("zoo", {}), zoo_info)   # rows of one table come from one zoo build
     if args.resume:
-        result = common.RESULTS / "table2.json"
-        old = json.loads(result.read_text()) if result.is_file() else {}
-        same_models(old.get("zoo", {}), zoo_info)
         done = {key(r) for r in old.get("rows", [])}
         todo = [j for j in jobs if key(j) not in done]
         print(f"--resume: {len(jobs) - len(todo)} rows already in table2.json, {len(todo)} to run",
