@@ -2,9 +2,10 @@
 
 Always-on part: a small Zhang-content watermarked CNN on scikit-learn digits, built once per
 test run by the zoo (conftest's `digits_content`, which also trains the vanilla twin),
-laundered through the CLI with a 150-image stratified subset and the default settings. The shared part (real BadNets
-model from ../shared/data) is marked shared + slow and skips when the data is absent;
-the MNIST acceptance numbers (360 images, Table 5 models) are measured by bench/launder_*.py.
+laundered through the CLI with a 150-image stratified subset and the default settings. The
+shared part (real BadNets model from ../shared/data) is marked shared + slow and skips when the
+data is absent; the MNIST acceptance numbers (360 images, Table 5 models) are measured by
+bench/launder_*.py.
 
 The machine running the suite may be shared with other jobs: torch is limited to one thread
 for this module (oversubscribed OpenMP threads slow training 5-10x), restored afterwards.
