@@ -434,7 +434,11 @@ def _table2_by_size(d: dict, ds: str) -> str:
                    "Each cell: watermark accuracy % after / test accuracy points lost (ownership "
                    "still proven on k of n subset seeds), means over the seeds measured so far; "
                    "the tables below give before → after, the spread, the commits and the runs. "
-                   "The last line: the rows' own wall time (one torch thread each, 2-core machine).")
+                   "The last line: the rows' own wall time (one torch thread each, 2-core machine). "
+                   "All rows come from one build of each zoo model: training is deterministic on "
+                   "one machine, not across CPUs, and bench/table2.py does not add rows measured "
+                   "on another build (table2.json's `zoo` identifies each build by its test and "
+                   "watermark accuracies and, for runs that record it, its sha256).")
 
 
 def table2(d: dict) -> str:
