@@ -224,6 +224,12 @@ def _rate(rows: list[dict], key) -> str:
     return f"{sum(bool(key(r)) for r in rows)}/{len(rows)}"
 
 
+def _split_rates(twins: list[dict], marks: list[dict]) -> dict:
+    return {"twins_flagged": _rate(twins, lambda r: r["flagged"]),
+            "twins_candidates_unconfirmed": _rate(twins, lambda r: r["candidates"]),
+            "targets_flagged": _rate(marks, lambda r: r["pass"])}
+
+
 def summarise(rows: list[dict]) -> dict:
     """Detections and false alarms, confirmed (the default) and unconfirmed (the candidates:
     Neural Cleanse on the log scale alone)."""
@@ -257,12 +263,9 @@ def summarise(rows: list[dict]) -> dict:
     # the held-out split's rates are the ones that say how they generalise
     splits = sorted({r["split"] for r in rows if "split" in r})
     if splits:
-        out["wide_by_split"] = {split: {
-            "twins_flagged": _rate([r for r in clean if r.get("split") == split], lambda r: r["flagged"]),
-            "twins_candidates_unconfirmed": _rate([r for r in clean if r.get("split") == split],
-                                                  lambda r: r["candidates"]),
-            "targets_flagged": _rate([r for r in wide if r.get("split") == split], lambda r: r["pass"]),
-        } for split in splits}
+        out["wide_by_split"] = {split: _split_rates([r for r in clean if r.get("split") == split],
+                                                    [r for r in wide if r.get("split") == split])
+                                for split in splits}
     lp = [r["l1_scale"]["pass"] for r in bad]
     out["l1_scale"] = {"backdoored_target_flagged": f"{sum(lp)}/{len(lp)}",
                        "clean_flagged": _rate(clean, lambda r: r["l1_scale"]["flagged"])}
@@ -296,8 +299,7 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", default=None, help="Run only these model names.")
     ap.add_argument("--wide", type=int, default=0, metavar="N",
                     help="Also the wide zoo's dev digits draws 0..N-1 with a content or noise mark, "
-                         "and "
-                         "the twins of draws 0..N-1 (cache: $AUDIT_BENCH_ZOO/wide).")
+                         "and the twins of draws 0..N-1 (cache: $AUDIT_BENCH_ZOO/wide).")
     ap.add_argument("--heldout-digits", type=int, default=0, metavar="N",
                     help="Also the wide zoo's first N held-out digits draws, likewise.")
     ap.add_argument("--heldout-mnist", type=int, default=0, metavar="N",

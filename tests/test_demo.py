@@ -32,21 +32,16 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     return rc, out, err
 
 
-@pytest.fixture(scope="module")
-def demo(demo_run) -> dict:
-    return demo_run
-
-
-def test_demo_exits_0_quietly(demo):
-    assert demo["rc"] == 0, demo["stderr"]
+def test_demo_exits_0_quietly(demo_run):
+    assert demo_run["rc"] == 0, demo_run["stderr"]
     # --quiet: no step lines, no progress bars, and never a traceback
-    assert "[1/6]" not in demo["stderr"] and "Traceback" not in demo["stderr"]
-    assert "error:" not in demo["stderr"]
+    assert "[1/6]" not in demo_run["stderr"] and "Traceback" not in demo_run["stderr"]
+    assert "error:" not in demo_run["stderr"]
 
 
-def test_demo_acceptance_numbers(demo):
-    s = demo["summary"]
-    assert s is not None, demo["stderr"]
+def test_demo_acceptance_numbers(demo_run):
+    s = demo_run["summary"]
+    assert s is not None, demo_run["stderr"]
     ta, wa, van = s["test_accuracy"], s["watermark_accuracy"], s["vanilla_rate"]
     assert wa["original"] >= 0.95, s
     assert wa["laundered"] <= van + 0.05, s
@@ -55,8 +50,8 @@ def test_demo_acceptance_numbers(demo):
     assert s["ownership"]["laundered"] is False and s["ownership"]["p_value_laundered"] >= 0.01
 
 
-def test_demo_summary_fields(demo):
-    s = demo["summary"]
+def test_demo_summary_fields(demo_run):
+    s = demo_run["summary"]
     assert s["scheme"] == "content" and s["subset_size"] == 150 and s["train_size"] == 1347
     assert s["subset_share"] == pytest.approx(150 / 1347)
     assert 0 <= s["vanilla_rate"] <= 0.1
@@ -66,9 +61,9 @@ def test_demo_summary_fields(demo):
     assert all(0 <= k < 10 for k in det["flagged"])
 
 
-def test_demo_prints_the_table(demo):
-    out = demo["stdout"]
-    s = demo["summary"]
+def test_demo_prints_the_table(demo_run):
+    out = demo_run["stdout"]
+    s = demo_run["summary"]
     assert "Table-2 style" in out
     for label in ("test accuracy %", "watermark accuracy %", "vanilla rate %",
                   "ownership (p<0.01)", "detect: flagged class(es)", "laundering data: 150"):
@@ -80,8 +75,8 @@ def test_demo_prints_the_table(demo):
     assert own.split()[-2:] == ["yes", "no"]
 
 
-def test_demo_out_folder(demo):
-    out: Path = demo["out"]
+def test_demo_out_folder(demo_run):
+    out: Path = demo_run["out"]
     for rel in ("summary.json", "subset.npz", "laundered.onnx", "zoo/watermarked.onnx",
                 "zoo/vanilla.onnx", "zoo/meta.json", "detect/report.json",
                 "launder/report.json"):
@@ -90,15 +85,15 @@ def test_demo_out_folder(demo):
     assert sorted(p.name for p in (out / "zoo" / "triggers").iterdir()) == ["0"]
     assert len(list((out / "detect").glob("mask_*.png"))) == 10
     det = json.loads((out / "detect" / "report.json").read_text())
-    assert det["command"] == "detect" and det["flagged"] == demo["summary"]["detect"]["flagged"]
+    assert det["command"] == "detect" and det["flagged"] == demo_run["summary"]["detect"]["flagged"]
     lau = json.loads((out / "launder" / "report.json").read_text())
     assert lau["command"] == "launder" and lau["inputs"]["subset_size"] == 150
     assert Path(lau["output"]).resolve() == (out / "laundered.onnx").resolve()
 
 
-def test_demo_numbers_reproduce_with_the_cli(demo, capsys):
+def test_demo_numbers_reproduce_with_the_cli(demo_run, capsys):
     """The laundered file on disk gives the summary's numbers under `audit verify/evaluate`."""
-    out, s = demo["out"], demo["summary"]
+    out, s = demo_run["out"], demo_run["summary"]
     rc, o, err = cli(capsys, "verify", out / "laundered.onnx", "--triggers", out / "zoo/triggers",
                      "--vanilla", out / "zoo/vanilla.onnx", "--json", "--device", "cpu")
     v = json.loads(o)
