@@ -108,9 +108,11 @@ def unusable(report: dict) -> str | None:
 def launder(model, data, output: str | os.PathLike | None = None, *,
             preprocess: Preprocess | None = None, config: LaunderConfig | None = None,
             report_dir: str | os.PathLike | None = None, device: str = "auto",
-            quiet: bool = True) -> LaunderResult:
+            quiet: bool = True, on_round=None) -> LaunderResult:
     """Launder model (path or AuditModel) with data (path or Dataset); optionally write results.
-    config.method picks laundering (the default) or a removal baseline (audit.methods)."""
+    config.method picks laundering (the default) or a removal baseline (audit.methods).
+    on_round(round_result, forward), if given, is called after each laundering round that
+    retrained, with the torch forward of the current weights (images in [0, 1] -> logits)."""
     cfg = config or LaunderConfig(device=device)
     pp = preprocess or Preprocess()
     _check_paths(model, data, output, report_dir, LAUNDER_REPORT)  # save_model checks again at the end
@@ -119,7 +121,12 @@ def launder(model, data, output: str | os.PathLike | None = None, *,
     bars = Bars(quiet)
     bars.silent_prefixes = ("round ",)   # a log gets one line per round instead
     try:
-        result = remove(am, subset, pp, cfg, progress=bars, on_round=bars.round_line)
+        def each_round(result, forward) -> None:
+            bars.round_line(result, forward)
+            if on_round is not None:
+                on_round(result, forward)
+
+        result = remove(am, subset, pp, cfg, progress=bars, on_round=each_round)
     finally:
         bars.close()
     if output is not None:

@@ -177,6 +177,7 @@ class RoundWork:
     round: int
     times: dict[str, float] = field(default_factory=dict)
     rec: Recovery | None = None
+    flagged: list[int] = field(default_factory=list)   # rec.flagged less the sink class
     used: list[int] = field(default_factory=list)
     probe_stamped: np.ndarray | None = None   # the subset stamped with each used trigger
     stamped: np.ndarray | None = None         # the same, some with grown triggers (retraining)
@@ -320,21 +321,19 @@ class Launderer:
         st.recoveries.append(rec)
         if st.least_likely is None:
             st.least_likely = rec.least_likely
-        elif rec.most_likely == st.least_likely and cfg.early_stop:
-            return self._stop(work, f"round {r}: the most likely infected class {rec.most_likely} "
-                                    "is the original least likely one")
+        # the sink's own recovered trigger is small once the masks have been taught to it:
+        # an artefact of the retraining, not a backdoor found, so it is never a suspect
+        work.flagged = [c for c in rec.flagged if c != st.sink]
         # Classes flagged in any round stay suspects: after a round the residual backdoor is
         # weaker (often no longer an outlier) but its trigger is still worth unlearning.
-        st.suspects.update(rec.flagged)
-        st.flagged.update(rec.flagged)
-        # the sink's own recovered trigger is small once the masks have been taught to it:
-        # an artefact of the retraining, not a backdoor found
-        st.backdoor_seen = st.backdoor_seen or any(c != st.sink for c in rec.flagged)
+        st.suspects.update(work.flagged)
+        st.flagged.update(work.flagged)
+        st.backdoor_seen = st.backdoor_seen or bool(work.flagged)
         # nothing flagged: the most likely class's trigger still drives a reset, and the
         # retraining's out-of-distribution term works on watermarks Neural Cleanse cannot see;
         # that class then stays a suspect like a flagged one, stamped in every later round, so
         # that a partly unlearnt watermark does not creep back
-        work.used = sorted(st.suspects) or [rec.most_likely]
+        work.used = sorted(st.suspects) or [_most_likely(rec, st.sink)]
         st.suspects.update(work.used)
         # a suspect's trigger is the smallest recovered for it in any round: once a round
         # unlearnt a backdoor, that class's new recovery is an ordinary (large) trigger
@@ -377,9 +376,10 @@ class Launderer:
         work.times["reset"] = time.perf_counter() - t
         # round 1 always retrains: its out-of-distribution term works on watermarks that
         # neither Neural Cleanse nor the reset sees
-        if (work.round > 1 and not work.rec.flagged and sum(work.units_reset.values()) == 0
+        if (work.round > 1 and not work.flagged and sum(work.units_reset.values()) == 0
                 and self.cfg.early_stop):
-            return self._stop(work, f"round {work.round}: no class flagged and no unit reset")
+            return self._stop(work, f"round {work.round}: no class flagged (the sink aside) and "
+                                    "no unit reset")
         return True
 
     # ------------------------------------------------------------------ retrain
@@ -518,6 +518,12 @@ def _stopped(r: int, rec: Recovery, reason: str, times: dict) -> RoundResult:
     return RoundResult(round=r, recovery=rec.summary(), triggers_used=[], units_reset={},
                        thresholds={}, subset_accuracy=float("nan"),
                        stamped_accuracy=float("nan"), losses=[], seconds=times, stopped=reason)
+
+
+def _most_likely(rec: Recovery, sink: int | None) -> int:
+    """The class with the smallest mask norm, the sink class aside."""
+    order = [int(c) for c in np.argsort(rec.norms, kind="stable")]
+    return next(c for c in order if c != sink)
 
 
 def _sink_class(rec: Recovery, suspects: set[int], ood_shares: list[float]) -> int:

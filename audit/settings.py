@@ -132,9 +132,10 @@ class LaunderConfig:
     """Neural Network Laundering (audit.launder; docs/method.md)."""
 
     rounds: int = setting(3, "Laundering rounds (recover -> reset -> retrain).", min=1, max=20)
-    early_stop: bool = setting(True, "Stop before `rounds` when the most likely infected class "
-                               "turns into the original least likely one, or when nothing is "
-                               "flagged and nothing reset.")
+    early_stop: bool = setting(False, "Stop before `rounds` once a round flags no class (the "
+                               "sink aside) and resets no unit. Off: every round runs, and the "
+                               "later ones both remove more of a watermark and win back clean "
+                               "accuracy (docs/method.md).")
     seed: int = setting(0, "Seed of every random draw.", min=0, max=2 ** 32 - 1)
     dense_threshold: str = setting("z:2.0", "DT: a number / abs:V (absolute A_diff), z:K "
                                    "(mean+K*std of the layer), top:F.")

@@ -502,10 +502,14 @@ def _verdict(v) -> dict[str, Any]:
             "watermark_accuracy": v.watermark_accuracy, "null_rate": v.null_rate}
 
 
-def _launder_figures(res, seconds: float) -> dict[str, Any]:
+def _launder_figures(res, seconds: float, per_round: dict[int, dict]) -> dict[str, Any]:
+    """What laundering did, round by round; per_round: round -> its watermark, test and
+    subset accuracy after retraining (torch, before write-back)."""
     return {"rounds": len(res.rounds), "best_round": res.best_round,
             "stop_reason": res.stop_reason,
             "flagged": [r.recovery.get("flagged", []) for r in res.rounds],
+            "norms": [[round(float(v), 2) for v in r.recovery.get("norms", [])] for r in res.rounds],
+            "after_round": {str(k): v for k, v in sorted(per_round.items())},
             "units_reset": [int(sum(r.units_reset.values())) for r in res.rounds],
             "shrink": [r.shrink for r in res.rounds],
             "triggers_used": [r.triggers_used for r in res.rounds],
@@ -534,8 +538,21 @@ def launder_entry(entry: WideEntry, cfg, out: str | Path) -> dict[str, Any]:
     acc = lambda path: evaluate_onnx(path, test.x, test.y, pp)     # noqa: E731
     verify = lambda path: api.verify(path, trig, vanilla=van, alpha=ACCEPT["alpha"],  # noqa: E731
                                      preprocess=pp, device=cfg.device)
+    per_round: dict[int, dict] = {}
+
+    def on_round(result, forward) -> None:
+        from audit.graphs import runtime
+        from audit.methods.base import torch_accuracy
+
+        dev = runtime.torch_device(cfg.device)    # where the launder runs the module
+        per_round[result.round] = {
+            "wm_acc": round(torch_accuracy(forward, trig.x, trig.y, dev), 4),
+            "test_acc": round(torch_accuracy(forward, test.x, test.y, dev), 4),
+            "subset_acc": round(result.subset_accuracy, 4)}
+
     t = time.perf_counter()
-    res = api.launder(wm, sub, out, preprocess=pp, config=cfg, device=cfg.device)
+    res = api.launder(wm, sub, out, preprocess=pp, config=cfg, device=cfg.device,
+                      on_round=on_round)
     seconds = time.perf_counter() - t
     # the verdicts carry the trigger-set accuracies (the twin's as its hits)
     before, after = verify(wm), verify(out)
@@ -544,7 +561,7 @@ def launder_entry(entry: WideEntry, cfg, out: str | Path) -> dict[str, Any]:
             "test_acc_after": acc(out), "vanilla_test_acc": acc(van),
             "verify_before": _verdict(before), "verify_after": _verdict(after),
             "subset_size": len(sub), "n_trigger": len(trig), "n_test": len(test),
-            "launder": _launder_figures(res, seconds)}
+            "launder": _launder_figures(res, seconds, per_round)}
 
 
 def judge(r: dict[str, Any]) -> dict[str, Any]:
