@@ -519,9 +519,9 @@ def test_badnets_mnist_launder(shared_data, tmp_path, one_thread):
     stamped[:, :, 23:28, 23:28] = 1.0
     out = tmp_path / "laundered.onnx"
     t = time.perf_counter()
-    # the default settings' first round (seed 0), the round the default run keeps: its second
-    # round flags no class and stops (bench/launder_badnets.py runs all rounds on 3 seeds;
-    # clean accuracy and attack success per seed in bench/results/launder_badnets.json)
+    # the default settings' first round (seed 0): the round that unlearns the backdoor
+    # (bench/launder_badnets.py runs the default rounds on 3 seeds; clean accuracy and attack
+    # success per seed in bench/results/launder_badnets.json)
     cfg = LaunderConfig(rounds=1, device="cpu")
     res = launder(model, data, out, preprocess=BADNETS_PP, config=cfg, device="cpu")
     seconds = time.perf_counter() - t

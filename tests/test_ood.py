@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from audit import ood
-from audit.launder import RoundResult, _best_round, _sink_class, _with_grown_trigger, dilate_trigger
+from audit.launder import RoundResult, _best_round, _most_likely, _sink_class, _with_grown_trigger, dilate_trigger
 from audit.nc import stamp
 
 
@@ -107,6 +107,13 @@ def test_sink_avoids_suspects_and_ood_attractors():
     assert _sink_class(rec, set(), [0.1, 0.6, 0.1, 0.1, 0.1]) == 2
     # every class suspect or attracting: the least attracting non-suspect
     assert _sink_class(rec, {0, 1, 2}, [0.0, 0.0, 0.0, 0.45, 0.55]) == 3
+
+
+def test_the_most_likely_class_is_never_the_sink():
+    rec = _Rec([5, 9, 8, 7, 1])
+    assert _most_likely(rec, None) == 4
+    assert _most_likely(rec, 4) == 0       # the sink's small mask is the retraining's artefact
+    assert _most_likely(_Rec([3, 3, 9]), 0) == 1
 
 
 def test_threshold_forms_and_the_round_one_floor():

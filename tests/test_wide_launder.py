@@ -80,7 +80,9 @@ def test_rounds_follow_the_schedule(rows, scheme):
     """The first round retrains from shrunk weights exactly when Neural Cleanse flags no class
     (on the Adi draw it flags none: the shrink is what launders it), later rounds never do; the
     OOD sink never attracts the OOD images (at most 2/k of them predicted as the sink); the
-    triggers used only grow from round to round."""
+    triggers used only grow from round to round; every round runs, and the sink stays one
+    class that is never unlearnt, even when a later recovery flags it (the noise draw's
+    round 2 does)."""
     f = rows[scheme]["launder"]
     done = [i for i, stopped in enumerate(f["stopped"]) if not stopped]
     first, later = done[0], done[1:]
@@ -91,3 +93,7 @@ def test_rounds_follow_the_schedule(rows, scheme):
     assert all(f["sink_ood_share"][i] is not None and f["sink_ood_share"][i] <= 2 / 10 for i in done), f
     used = [set(f["triggers_used"][i]) for i in done]
     assert all(a <= b for a, b in zip(used, used[1:])), f
+    assert len(done) == LaunderConfig().rounds, f
+    sinks = {f["sink_class"][i] for i in done}
+    assert len(sinks) == 1 and not sinks & used[-1], f
+    assert set(f["after_round"]) == {str(i + 1) for i in done}, f
