@@ -1,8 +1,8 @@
 """Wall time of a full 3-round `audit launder` of the paper's Table-5 MNIST model (target <= 120 s).
 
 Usage: python bench/launder_timing.py ZOO_ENTRY_DIR [OUT.json] [REPEATS]   (an `audit zoo build
---dataset mnist` folder). Runs: the default once (early stopping may end before round 3) and
-`--no-early-stop`, which always runs all 3 rounds, REPEATS times (default 3); the target
+--dataset mnist` folder). Runs: the default once (every round runs; with `--early-stop` it may
+end sooner) and `--no-early-stop`, all 3 rounds whatever the defaults, REPEATS times (default 3); the target
 applies to the median of the latter (one run's time moves by +-10% on a shared machine).
 Writes bench/results/launder_timing.json (or OUT.json), with the commit, paths relative to the
 repository or its caches.
