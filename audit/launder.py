@@ -393,8 +393,10 @@ class Launderer:
             shrink_weights(self.tm, self.layers, work.shrink)
             st.keep.apply()   # units reset to a layer's median weight keep that value
         reset_batchnorm_stats(self.tm.module)
-        # one sink for the whole run: moving it would make a later round unteach the last
-        if st.sink is None or st.sink in st.suspects:
+        # one sink for the whole run, chosen in round 1 among the non-suspects; it never becomes
+        # a suspect (recover), so it never moves: moving it would make a later round unteach
+        # the last
+        if st.sink is None:
             st.sink = _sink_class(work.rec, st.suspects, self.ood_shares)
         parts = RetrainingParts(self.subset, work.stamped, work.stamped_y, st.triggers, work.used,
                                 st.sink, cfg.ood_share, cfg.seed + r)

@@ -538,13 +538,13 @@ def launder_entry(entry: WideEntry, cfg, out: str | Path) -> dict[str, Any]:
     acc = lambda path: evaluate_onnx(path, test.x, test.y, pp)     # noqa: E731
     verify = lambda path: api.verify(path, trig, vanilla=van, alpha=ACCEPT["alpha"],  # noqa: E731
                                      preprocess=pp, device=cfg.device)
+    from audit.graphs import runtime
+    from audit.methods.base import torch_accuracy
+
     per_round: dict[int, dict] = {}
+    dev = runtime.torch_device(cfg.device)    # where the launder runs the module
 
     def on_round(result, forward) -> None:
-        from audit.graphs import runtime
-        from audit.methods.base import torch_accuracy
-
-        dev = runtime.torch_device(cfg.device)    # where the launder runs the module
         per_round[result.round] = {
             "wm_acc": round(torch_accuracy(forward, trig.x, trig.y, dev), 4),
             "test_acc": round(torch_accuracy(forward, test.x, test.y, dev), 4),
