@@ -283,7 +283,8 @@ class Launderer:
         self.state = LaunderState(keep=m.keep, stop=f"completed {config.rounds} round(s)")
 
     def _teacher(self):
-        """The original model, untouched: a frozen copy of the module before any reset."""
+        """A frozen copy of the module as it is now: the original model before round 1, the
+        previous round's model before each later round."""
         teacher_tm = replace(self.tm, module=copy.deepcopy(self.tm.module).to(self.device))
         freeze(teacher_tm.module, True)
         return make_forward(teacher_tm, self.preprocess)
@@ -480,6 +481,11 @@ class Launderer:
         if self.on_round:
             self.on_round(result, self.forward)
         st.weights[work.round] = copy.deepcopy(self.tm.module.state_dict())
+        # the next round distils from this round's model, not the original: the original's
+        # function on clean images carries its watermark back into every round that distils
+        # from it (docs/method.md, "Distillation")
+        if self.teacher is not None and work.round < self.cfg.rounds:
+            self.teacher = self._teacher()
 
     def result(self) -> LaunderResult:
         """The kept round's weights written back into the original graph."""
