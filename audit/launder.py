@@ -283,8 +283,8 @@ class Launderer:
         self.state = LaunderState(keep=m.keep, stop=f"completed {config.rounds} round(s)")
 
     def _teacher(self):
-        """A frozen copy of the module as it is now: the original model before round 1, the
-        previous round's model before each later round."""
+        """A frozen copy of the module as it is now: the original model before round 1 (and,
+        with retrain.teacher "previous", the previous round's model before each later one)."""
         teacher_tm = replace(self.tm, module=copy.deepcopy(self.tm.module).to(self.device))
         freeze(teacher_tm.module, True)
         return make_forward(teacher_tm, self.preprocess)
@@ -386,7 +386,8 @@ class Launderer:
     # ------------------------------------------------------------------ retrain
     def retrain(self, work: RoundWork) -> None:
         """Fine-tune on clean + stamped images (true labels), the masks and synthetic OOD
-        images as the sink class, distilling the original model on clean images."""
+        images as the sink class, distilling the teacher (the original model, or with
+        retrain.teacher "previous" the previous round's) on clean images."""
         cfg, st, r = self.cfg, self.state, work.round
         t = time.perf_counter()
         work.shrink = cfg.shrink if r == 1 and not st.backdoor_seen and cfg.shrink != 1.0 else None
@@ -481,10 +482,12 @@ class Launderer:
         if self.on_round:
             self.on_round(result, self.forward)
         st.weights[work.round] = copy.deepcopy(self.tm.module.state_dict())
-        # the next round distils from this round's model, not the original: the original's
-        # function on clean images carries its watermark back into every round that distils
-        # from it (docs/method.md, "Distillation")
-        if self.teacher is not None and work.round < self.cfg.rounds:
+        # retrain.teacher "previous": the next round distils from this round's model. The
+        # original's function on clean images carries its watermark back into every round that
+        # distils from it, but only it holds the clean accuracy that rounds lose
+        # (docs/method.md, "Distillation")
+        if (self.teacher is not None and self.cfg.retrain.teacher == "previous"
+                and work.round < self.cfg.rounds):
             self.teacher = self._teacher()
 
     def result(self) -> LaunderResult:

@@ -73,6 +73,10 @@ class NCSchedule:
 NC_SCHEDULE = NCSchedule()
 
 
+#: retrain.teacher: whom rounds 2 and later distil from
+TEACHERS = ("original", "previous")
+
+
 @dataclass(frozen=True)
 class RetrainConfig:
     """Retraining on the small clean subset (audit.retrain)."""
@@ -84,8 +88,11 @@ class RetrainConfig:
     batch_size: int = setting(32, "Retraining batch size.", min=1)
     augment: bool = setting(True, "Random shifts of clean and stamped images during "
                             "retraining.")
-    distill: float = setting(1.0, "Weight of distillation from the original model on clean "
-                             "images (0 = off).", min=0)
+    distill: float = setting(1.0, "Weight of distillation on clean images (0 = off).", min=0)
+    teacher: str = setting("original", "Teacher of the distillation in rounds 2 and later: "
+                           "the original model (keeps clean accuracy), or the previous round's "
+                           "model (removes more of a watermark, at a cost in clean accuracy; "
+                           "docs/method.md).", choices=TEACHERS)
     mixup: float = setting(0.5, "Share of the clean images of a batch also distilled as mixup "
                            "blends of two of them: the teacher's scores between classes carry "
                            "what a few hundred hard labels cannot.", min=0)

@@ -368,6 +368,42 @@ def test_adversarial_unlearning_chases_the_flagged_class(zoo):
     assert report["parameters"]["unlearn_eps"] == 0.4
 
 
+@pytest.mark.parametrize("teacher", ["original", "previous"])
+def test_teacher_of_later_rounds(zoo, teacher):
+    """Round 1 distils from the original model; round 2 from the original again (default) or,
+    with retrain.teacher "previous", from the model round 1 left (docs/method.md,
+    "Distillation")."""
+    import torch
+
+    from audit.launder import LaunderConfig, Launderer
+    from audit.nc import NCConfig
+    from audit.retrain import RetrainConfig
+
+    x = torch.from_numpy(zoo["triggers"].x[:32])
+    am = AuditModel.load(zoo["entry"].watermarked, device="cpu")
+    cfg = LaunderConfig(rounds=2, seed=0, nc=NCConfig(epochs=5), nc_epochs_later=5,
+                        retrain=RetrainConfig(epochs=3, max_epochs=3, teacher=teacher),
+                        device="cpu")
+    lau = Launderer(am, zoo["subset_ds"], PP, cfg)
+    with torch.no_grad():
+        original = lau.teacher(x).clone()
+    seen = {}
+
+    def on_round(result, forward) -> None:
+        with torch.no_grad():
+            seen[result.round] = (forward(x).clone(), lau.teacher(x).clone())
+
+    lau.on_round = on_round
+    lau.run()
+    # seen[r][1]: the teacher while round r retrained; seen[1][0]: the model round 1 left
+    assert torch.equal(seen[1][1], original)
+    assert not torch.allclose(seen[1][0], original, atol=1e-3)
+    if teacher == "original":
+        assert torch.equal(seen[2][1], original)
+    else:
+        assert torch.allclose(seen[2][1], seen[1][0], atol=1e-5)
+
+
 def test_api_refuses_labels_outside_the_model(zoo):
     from audit import launder
     from audit.errors import DataError
