@@ -190,18 +190,24 @@ def round_summary(r) -> dict:
 
 
 def set_field(cfg, item: str):
-    """cfg with FIELD=VALUE applied (FIELD may be nc.X or retrain.X; VALUE parsed as JSON)."""
-    from dataclasses import replace
+    """cfg with FIELD=VALUE applied (FIELD may be nc.X or retrain.X; VALUE parsed as JSON, else
+    taken as a string), checked as a --config file's key is: an unknown field, a value out of
+    range or not among the field's choices ends the bench with one line."""
+    from audit.config import _read, with_settings
+    from audit.errors import AuditError
 
     key, _, raw = item.partition("=")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    head, _, tail = key.partition(".")
-    if tail:
-        return replace(cfg, **{head: replace(getattr(cfg, head), **{tail: value})})
-    return replace(cfg, **{key: value})
+    table: dict = value
+    for part in reversed(key.split(".")):
+        table = {part: table}
+    try:
+        return with_settings(cfg, _read(type(cfg), table, "", f"--set {item}"))
+    except AuditError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def pct(v: float | None) -> str:

@@ -721,6 +721,27 @@ def test_bad_config_file_is_one_error_line(case, stub_launder, tmp_path, capsys)
     assert "cfg" not in stub_launder["seen"] and not stub_launder["out"].parent.exists()
 
 
+def test_bench_set_checks_values_as_a_config_file_does():
+    """The benches' --set FIELD=VALUE goes through the --config reader's checks: a misspelt
+    choice must not run the default silently."""
+    import importlib.util
+
+    from audit.launder import LaunderConfig
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "common.py"
+    spec = importlib.util.spec_from_file_location("bench_common", path)
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    cfg = common.set_field(LaunderConfig(), "retrain.teacher=previous")
+    cfg = common.set_field(cfg, "nc.epochs=20")
+    assert (cfg.retrain.teacher, cfg.nc.epochs, cfg.rounds) == ("previous", 20, LaunderConfig().rounds)
+    for item, expect in [("retrain.teacher=prevous", "not one of original, previous"),
+                         ("unlearn_eps=2", "out of range"), ("nope=1", "unknown key 'nope'"),
+                         ("retrain.epochs=1.5", "expected an integer")]:
+        with pytest.raises(SystemExit, match=expect):
+            common.set_field(cfg, item)
+
+
 def test_missing_config_file_is_one_error_line(stub_launder, tmp_path, capsys):
     rc, _, err = _launder_stub(capsys, stub_launder, "--config", tmp_path / "none.toml")
     assert_one_error_line(rc, err, "none.toml", "cannot read")
