@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _defaults() -> dict:
+    from audit.launder import LaunderConfig
+
+    return json.loads(json.dumps(LaunderConfig(device="cpu").to_dict()))
+
+
 def launder_config(args: argparse.Namespace):
     from audit.config import load_config
     from audit.launder import LaunderConfig
@@ -176,10 +182,18 @@ def previous_rows(args: argparse.Namespace, cfg_dict: dict) -> dict[str, dict]:
         old["rows"][0]["name"]   # noqa: B018 (a results file of this bench)
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         fail(f"{args.out}: not a results file of this bench; give another --out or --fresh")
-    if old.get("split") != args.split or old.get("launder_config") != cfg_dict:
+    if old.get("split") != args.split or _added_since(old.get("launder_config"), _defaults()) != cfg_dict:
         fail(f"{args.out} holds a run of another split or other laundering settings; give "
              "another --out or --fresh")
     return {r["name"]: r for r in old.get("rows", []) if not r.get("error")}
+
+
+def _added_since(old, default):
+    """old with the keys of settings added after its run filled in with their defaults: a
+    setting is added with a default that keeps laundering as it was."""
+    if not isinstance(old, dict) or not isinstance(default, dict) or not set(old) <= set(default):
+        return old
+    return {k: _added_since(old[k], v) if k in old else v for k, v in default.items()}
 
 
 def document(args, cfg_dict: dict, rows: dict[str, dict], todo: list, machine: dict,

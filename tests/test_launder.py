@@ -742,6 +742,31 @@ def test_bench_set_checks_values_as_a_config_file_does():
             common.set_field(cfg, item)
 
 
+def test_wide_zoo_reuses_a_run_from_before_a_setting_was_added_only_at_its_default(tmp_path):
+    """bench/wide_zoo.py keeps the rows of a results file whose settings lack a key added
+    since (its default keeps laundering as it was), and refuses it when the run asks for
+    another value of that key."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "wide_zoo.py"
+    spec = importlib.util.spec_from_file_location("bench_wide_zoo", path)
+    wide = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wide)
+    old = wide._defaults()
+    del old["retrain"]["teacher"]
+    out = tmp_path / "wide.json"
+    out.write_text(json.dumps({"split": "dev", "launder_config": old,
+                               "rows": [{"name": "digits-1", "error": None}]}))
+    args = wide.parse_args(["--split", "dev", "--digits", "1", "--out", str(out)])
+    assert list(wide.previous_rows(args, wide._defaults())) == ["digits-1"]
+    args = wide.parse_args(["--split", "dev", "--digits", "1", "--out", str(out),
+                            "--set", "retrain.teacher=previous"])
+    other = json.loads(json.dumps(wide.launder_config(args).to_dict()))
+    with pytest.raises(SystemExit):
+        wide.previous_rows(args, other)
+
+
 def test_missing_config_file_is_one_error_line(stub_launder, tmp_path, capsys):
     rc, _, err = _launder_stub(capsys, stub_launder, "--config", tmp_path / "none.toml")
     assert_one_error_line(rc, err, "none.toml", "cannot read")
