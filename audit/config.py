@@ -285,6 +285,12 @@ def read_config(cls, path) -> dict[str, object]:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise AuditError(f"{where}: not valid TOML: {exc}") from None
+    return read_table(cls, table, where)
+
+
+def read_table(cls, table: dict, where: str) -> dict[str, object]:
+    """The settings a table as a TOML file holds it gives (nested tables for [nc], [retrain]),
+    as dotted path -> checked value; where names the source in the one-line AuditError."""
     return _read(cls, table, "", where)
 
 

@@ -193,7 +193,7 @@ def set_field(cfg, item: str):
     """cfg with FIELD=VALUE applied (FIELD may be nc.X or retrain.X; VALUE parsed as JSON, else
     taken as a string), checked as a --config file's key is: an unknown field, a value out of
     range or not among the field's choices ends the bench with one line."""
-    from audit.config import _read, with_settings
+    from audit.config import read_table, with_settings
     from audit.errors import AuditError
 
     key, _, raw = item.partition("=")
@@ -205,7 +205,7 @@ def set_field(cfg, item: str):
     for part in reversed(key.split(".")):
         table = {part: table}
     try:
-        return with_settings(cfg, _read(type(cfg), table, "", f"--set {item}"))
+        return with_settings(cfg, read_table(type(cfg), table, f"--set {item}"))
     except AuditError as exc:
         raise SystemExit(str(exc)) from None
 

@@ -69,19 +69,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _defaults() -> dict:
+def _default_config():
     from audit.launder import LaunderConfig
 
-    return json.loads(json.dumps(LaunderConfig(device="cpu").to_dict()))
+    return LaunderConfig(device="cpu")
+
+
+def stored(cfg) -> dict:
+    """cfg's settings as a results file holds them."""
+    return json.loads(json.dumps(cfg.to_dict()))
 
 
 def launder_config(args: argparse.Namespace):
     from audit.config import load_config
-    from audit.launder import LaunderConfig
 
-    cfg = LaunderConfig(device="cpu")
+    cfg = _default_config()
     if args.config is not None:
-        cfg = load_config(LaunderConfig, args.config, base=cfg)
+        cfg = load_config(type(cfg), args.config, base=cfg)
     for item in args.set:
         cfg = common.set_field(cfg, item)
     return cfg
@@ -182,7 +186,8 @@ def previous_rows(args: argparse.Namespace, cfg_dict: dict) -> dict[str, dict]:
         old["rows"][0]["name"]   # noqa: B018 (a results file of this bench)
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         fail(f"{args.out}: not a results file of this bench; give another --out or --fresh")
-    if old.get("split") != args.split or _added_since(old.get("launder_config"), _defaults()) != cfg_dict:
+    if old.get("split") != args.split or _added_since(old.get("launder_config"),
+                                                       stored(_default_config())) != cfg_dict:
         fail(f"{args.out} holds a run of another split or other laundering settings; give "
              "another --out or --fresh")
     return {r["name"]: r for r in old.get("rows", []) if not r.get("error")}
@@ -259,10 +264,8 @@ def main(argv: list[str] | None = None) -> None:
                   for d in draws(args.split, getattr(args, s), s)}
     except AuditError as exc:
         fail(str(exc))
-    except (TypeError, AttributeError) as exc:     # --set of a field LaunderConfig lacks
-        fail(f"--set: {exc}")
     todo = [(d.size, d.seed) for d in chosen.values()]
-    cfg_dict = json.loads(json.dumps(cfg.to_dict()))     # as the file holds it
+    cfg_dict = stored(cfg)
     rows = {k: v for k, v in previous_rows(args, cfg_dict).items()    # the same draws only
             if k in chosen and v["draw"] == chosen[k].to_dict()}
     machine, commit = common.machine(), common.commit()    # the code this run loads

@@ -721,17 +721,23 @@ def test_bad_config_file_is_one_error_line(case, stub_launder, tmp_path, capsys)
     assert "cfg" not in stub_launder["seen"] and not stub_launder["out"].parent.exists()
 
 
+def _bench_module(name: str):
+    """bench/NAME.py loaded as a module (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_bench_set_checks_values_as_a_config_file_does():
     """The benches' --set FIELD=VALUE goes through the --config reader's checks: a misspelt
     choice must not run the default silently."""
-    import importlib.util
-
     from audit.launder import LaunderConfig
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "common.py"
-    spec = importlib.util.spec_from_file_location("bench_common", path)
-    common = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(common)
+    common = _bench_module("common")
     cfg = common.set_field(LaunderConfig(), "retrain.teacher=previous")
     cfg = common.set_field(cfg, "nc.epochs=20")
     assert (cfg.retrain.teacher, cfg.nc.epochs, cfg.rounds) == ("previous", 20, LaunderConfig().rounds)
@@ -746,25 +752,20 @@ def test_wide_zoo_reuses_a_run_from_before_a_setting_was_added_only_at_its_defau
     """bench/wide_zoo.py keeps the rows of a results file whose settings lack a key added
     since (its default keeps laundering as it was), and refuses it when the run asks for
     another value of that key."""
-    import importlib.util
     import json
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "wide_zoo.py"
-    spec = importlib.util.spec_from_file_location("bench_wide_zoo", path)
-    wide = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wide)
-    old = wide._defaults()
+    wide = _bench_module("wide_zoo")
+    old = wide.stored(wide._default_config())
     del old["retrain"]["teacher"]
     out = tmp_path / "wide.json"
     out.write_text(json.dumps({"split": "dev", "launder_config": old,
                                "rows": [{"name": "digits-1", "error": None}]}))
     args = wide.parse_args(["--split", "dev", "--digits", "1", "--out", str(out)])
-    assert list(wide.previous_rows(args, wide._defaults())) == ["digits-1"]
+    assert list(wide.previous_rows(args, wide.stored(wide._default_config()))) == ["digits-1"]
     args = wide.parse_args(["--split", "dev", "--digits", "1", "--out", str(out),
                             "--set", "retrain.teacher=previous"])
-    other = json.loads(json.dumps(wide.launder_config(args).to_dict()))
     with pytest.raises(SystemExit):
-        wide.previous_rows(args, other)
+        wide.previous_rows(args, wide.stored(wide.launder_config(args)))
 
 
 def test_missing_config_file_is_one_error_line(stub_launder, tmp_path, capsys):
