@@ -556,11 +556,16 @@ def launder_entry(entry: WideEntry, cfg, out: str | Path) -> dict[str, Any]:
     seconds = time.perf_counter() - t
     # the verdicts carry the trigger-set accuracies (the twin's as its hits)
     before, after = verify(wm), verify(out)
+    sink = next((r.sink_class for r in res.rounds if r.round == res.best_round), None)
     return {"wm_acc_before": before.watermark_accuracy, "wm_acc_after": after.watermark_accuracy,
             "vanilla_wm_acc": before.vanilla_hits / before.n, "test_acc_before": acc(wm),
             "test_acc_after": acc(out), "vanilla_test_acc": acc(van),
             "verify_before": _verdict(before), "verify_after": _verdict(after),
             "subset_size": len(sub), "n_trigger": len(trig), "n_test": len(test),
+            # the agreement with the trigger labels of a model that sends every trigger image
+            # to the kept round's sink class (what laundering does to an Adi set)
+            "sink_label_share": None if sink is None else
+            round(sum(int(v) == sink for v in trig.y) / max(len(trig), 1), 4),
             "launder": _launder_figures(res, seconds, per_round)}
 
 

@@ -65,6 +65,16 @@ def test_laundered_below_ownership(rows, scheme):
     assert r["pass"]
 
 
+def test_abstract_images_go_to_the_sink(rows):
+    """An Adi set's labels are random: the laundered model sends its images to the sink class,
+    so what is left of its watermark accuracy is the share of its labels that are the sink
+    (within 2 images), the agreement a model without the mark has by chance."""
+    r = rows["adi"]
+    assert r["sink_label_share"] is not None and r["sink_label_share"] < 0.5
+    assert abs(r["wm_acc_after"] - r["sink_label_share"]) <= 2 / r["n_trigger"] + 1e-9, \
+        (r["wm_acc_after"], r["sink_label_share"], r["n_trigger"])
+
+
 @pytest.mark.parametrize("scheme", list(SEEDS))
 def test_test_accuracy_kept(rows, scheme):
     r = rows[scheme]
