@@ -564,8 +564,7 @@ def launder_entry(entry: WideEntry, cfg, out: str | Path) -> dict[str, Any]:
             "subset_size": len(sub), "n_trigger": len(trig), "n_test": len(test),
             # the agreement with the trigger labels of a model that sends every trigger image
             # to the kept round's sink class (what laundering does to an Adi set)
-            "sink_label_share": None if sink is None else
-            round(sum(int(v) == sink for v in trig.y) / max(len(trig), 1), 4),
+            "sink_label_share": None if sink is None else round(float(np.mean(trig.y == sink)), 4),
             "launder": _launder_figures(res, seconds, per_round)}
 
 
