@@ -192,19 +192,21 @@ def detect(model, data, *, preprocess: Preprocess | None = None, config=None,
     DetectConfig.anomaly_scale (the log of the mask norms, as `audit detect`); NCConfig() is
     Neural Cleanse's index on the norms themselves. The summary carries both (anomaly_index,
     anomaly_index_l1). max_images None or 0: every image. threshold: the anomaly index above
-    which a class is a candidate (default 2). confirm: a candidate is flagged only once
-    audit.confirm finds its trigger small from other starts and working on held-out images
-    (the summary's "candidates" and "confirmation" say what was checked). report_dir: the
+    which a class is a candidate (default settings.detect_threshold: 1.75 with confirm, 2
+    without). confirm: a candidate is flagged only once audit.confirm finds its trigger small
+    from other starts, working on held-out images and the model's own (the summary's
+    "candidates" and "confirmation" say what was checked). report_dir: the
     folder for report.json and the trigger pictures of every class ("all") or of the flagged
     ones ("flagged")."""
     import torch
 
     from audit.converters.to_torch import to_torch
     from audit.forward import make_forward
-    from audit.nc import ANOMALY_THRESHOLD, anomaly_index, recover
+    from audit.nc import anomaly_index, recover
+    from audit.settings import detect_threshold
 
     pp = preprocess or Preprocess()
-    thr = ANOMALY_THRESHOLD if threshold is None else float(threshold)
+    thr = detect_threshold(threshold, confirm)
     _check_paths(model, data, None, report_dir, DETECT_REPORT)
     am = _model(model, device)
     ds = _data(am, data)
@@ -235,7 +237,7 @@ def detect(model, data, *, preprocess: Preprocess | None = None, config=None,
         from audit.confirm import confirm as run_confirm
 
         checks = run_confirm(forward, ds.x, (held.x, held.y), rec, rec.flagged, nc, seed=seed,
-                             threshold=thr, device=tdev)
+                             threshold=thr, fit_y=ds.y, device=tdev)
         out.update(candidates=list(rec.flagged), n_held_out=len(held),
                    confirmation=[c.to_dict() for c in checks],
                    flagged=[c.cls for c in checks if c.confirmed])

@@ -10,9 +10,17 @@ therefore confirmed only when
   images, all give masks that keep the class an outlier when its norm is replaced by the
   largest of them (the anomaly index of the other classes' norms is unchanged), and
 * **it transfers**: each of those triggers flips at least ``TRANSFER_MIN`` of held-out clean
-  images of other classes, images that none of the recoveries was fitted to.
+  images of other classes, images that none of the recoveries was fitted to, and
+* **it is the model's own**: on clean reference classifiers trained on the detection images
+  (audit.reference) the triggers send less than ``REFERENCE_MAX`` of those held-out images to
+  the class. A trigger that fools a clean model of the task as well is a feature of the data
+  (the class is easy to reach), not a backdoor. The check is skipped, and the record says so,
+  when the references classify fewer than ``REFERENCE_MIN_ACCURACY`` of the held-out images
+  right: a weak reference is fooled by anything. A candidate whose index is not above Neural
+  Cleanse's own threshold (``ANOMALY_THRESHOLD``; detection takes candidates from a lower one)
+  needs this check: without references able to judge it, it is not confirmed.
 
-``detect`` records every candidate with both checks; only confirmed classes are flagged.
+``detect`` records every candidate with every check; only confirmed classes are flagged.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy as np
 import torch
 
 from audit.nc import ANOMALY_THRESHOLD, Recovery, anomaly_index, recover, stamp
+from audit.reference import accuracy, train_references
 from audit.settings import NCConfig
 
 #: further recoveries of a flagged class, from other seeds
@@ -35,6 +44,13 @@ HELD_OUT_MAX = 500
 HELD_OUT_MIN = 20
 #: seed offset of restart r (1-based) from the detection seed
 SEED_STEP = 7919
+#: a candidate whose triggers send this share of held-out images of other classes to it on
+#: the clean reference classifiers (mean over triggers and references) is a feature of the data
+REFERENCE_MAX = 0.3
+#: the references' held-out accuracy below which the reference check is skipped
+REFERENCE_MIN_ACCURACY = 0.8
+#: seed offset of the reference classifiers from the detection seed
+REFERENCE_SEED = 104729
 
 
 @dataclass
@@ -48,6 +64,10 @@ class Confirmation:
     transfer: list[float]         # share of held-out images flipped, first recovery then restarts
     held_out: int                 # held-out images of other classes
     reasons: list[str] = field(default_factory=list)
+    # share of those images each trigger sends to the class on the reference classifiers (mean
+    # over them); None when the check was skipped
+    reference: list[float] | None = None
+    reference_accuracy: list[float] = field(default_factory=list)   # per reference, held out
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,11 +75,18 @@ class Confirmation:
 
 def confirm(forward, fit_x: np.ndarray, held: tuple[np.ndarray, np.ndarray], rec: Recovery,
             candidates: list[int], config: NCConfig, *, seed: int, threshold: float = ANOMALY_THRESHOLD,
-            device: str | torch.device = "cpu") -> list[Confirmation]:
-    """Check each candidate class of rec (recovered on fit_x) for stability and transfer.
-    held is (images, labels) of clean images the recovery never saw."""
+            fit_y: np.ndarray | None = None, device: str | torch.device = "cpu") -> list[Confirmation]:
+    """Check each candidate class of rec (recovered on fit_x) for stability, transfer and, given
+    fit_y (the labels of fit_x), whether clean reference classifiers trained on fit_x are fooled
+    by its triggers too. held is (images, labels) of clean images the recovery never saw."""
     held_x, held_y = held
     k = len(rec.norms)
+    refs, ref_acc = [], []
+    if candidates and fit_y is not None and len(held_x):
+        refs = train_references(fit_x, fit_y, k, seed + REFERENCE_SEED, device)
+        ref_acc = [accuracy(r, held_x, held_y) for r in refs]
+    check_refs = bool(refs) and float(np.mean(ref_acc)) >= REFERENCE_MIN_ACCURACY
+    rec_index = anomaly_index(np.asarray(rec.norms, dtype=np.float64), config.anomaly_scale, threshold)[0]
     out = []
     for c in candidates:
         restarts = [recover(forward, fit_x, k, config, seed=seed + SEED_STEP * (r + 1),
@@ -71,7 +98,18 @@ def confirm(forward, fit_x: np.ndarray, held: tuple[np.ndarray, np.ndarray], rec
         others = held_y != c
         triggers = [(rec.masks[c], rec.patterns[c])] + [(r.masks[c], r.patterns[c]) for r in restarts]
         transfer = [_flip_rate(forward, held_x[others], c, m, p, device) for m, p in triggers]
+        reference = None
+        if check_refs and others.any():
+            stamped = [stamp(held_x[others], m, p) for m, p in triggers]
+            reference = [float(np.mean([accuracy(r, xs, np.full(len(xs), c)) for r in refs]))
+                         for xs in stamped]
         reasons = []
+        if reference is None and rec_index[c] <= ANOMALY_THRESHOLD:
+            reasons.append(f"its index {rec_index[c]:.2f} is not above {ANOMALY_THRESHOLD:g} and "
+                           + ("the reference classifiers are too weak to judge its trigger "
+                              f"(held-out accuracy {np.mean(ref_acc):.0%} < "
+                              f"{REFERENCE_MIN_ACCURACY:.0%})" if refs else
+                              "no reference classifier could be trained to judge its trigger"))
         if c not in flagged:
             reasons.append(f"a restart's mask norm {worst[c]:.3g} leaves the class no outlier "
                            f"(index {idx[c]:.2f})")
@@ -80,9 +118,14 @@ def confirm(forward, fit_x: np.ndarray, held: tuple[np.ndarray, np.ndarray], rec
         elif min(transfer) < TRANSFER_MIN:
             reasons.append(f"a trigger flips {min(transfer):.0%} of held-out images "
                            f"(< {TRANSFER_MIN:.0%})")
+        if reference is not None and float(np.mean(reference)) >= REFERENCE_MAX:
+            reasons.append(f"its triggers also send {np.mean(reference):.0%} of held-out images "
+                           f"to the class on clean reference classifiers (>= {REFERENCE_MAX:.0%}): "
+                           "a feature of the data, not a backdoor")
         out.append(Confirmation(cls=int(c), confirmed=not reasons, restart_norms=norms,
                                 restart_index=float(idx[c]), transfer=transfer,
-                                held_out=int(others.sum()), reasons=reasons))
+                                held_out=int(others.sum()), reasons=reasons, reference=reference,
+                                reference_accuracy=ref_acc))
     return out
 
 

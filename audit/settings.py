@@ -21,6 +21,19 @@ ANOMALY_SCALES = ("l1", "log")
 #: a class is a candidate (Neural Cleanse: flagged) when its anomaly index exceeds this and its
 #: mask norm is below the median
 ANOMALY_THRESHOLD = 2.0
+#: detection's candidate threshold when candidates are confirmed (audit.confirm): a class
+#: between it and ANOMALY_THRESHOLD is flagged only once clean reference classifiers have judged
+#: its trigger to be the model's own (chosen on the wide zoo's dev split and the zoo,
+#: docs/method.md)
+DETECT_THRESHOLD = 1.75
+
+
+def detect_threshold(threshold: float | None, confirm: bool) -> float:
+    """The candidate threshold detection uses: the one given, else DETECT_THRESHOLD with
+    confirmation and Neural Cleanse's ANOMALY_THRESHOLD without."""
+    if threshold is not None:
+        return float(threshold)
+    return DETECT_THRESHOLD if confirm else ANOMALY_THRESHOLD
 
 
 def setting(default=None, help: str = "", *, factory=None, **meta):

@@ -19,13 +19,14 @@ Neural Cleanse, 500 of the rest held out for the confirmation's transfer check);
 JPEG-decoded test set; digits and wide-zoo models: their own test images (a fifth held out).
 NC defaults (40 epochs, 8 steps), the log-norm index. Each row records the candidates (index
 > 2: Neural Cleanse alone) and what the confirmation found; ``l1_scale`` scores the same
-recovery with Neural Cleanse's own index. torch runs with ``--threads`` threads (default 1).
+recovery with Neural Cleanse's own index. torch runs with ``--threads`` threads (default 1) in
+each of ``--workers`` processes (default 1).
 
 Acceptance: at most 1 in 10 clean models flagged; the BadNets model and at least 90% of the
 zoo's content and noise models flagged on their target.
 
 Usage: python bench/detect_models.py [--zoo-dir DIR] [--wide N] [--heldout-digits N]
-       [--heldout-mnist N] [--only NAME ...]
+       [--heldout-mnist N] [--only NAME ...] [--workers N] [--threads N]
 Writes bench/results/detect_models.json (with the commit, paths relative to the repository or
 its caches) and prints a markdown table.
 """
@@ -33,7 +34,9 @@ its caches) and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -189,6 +192,9 @@ def run_one(m: dict, data, seed: int, n_images: int) -> dict:
                               "restart_norms": [round(v, 3) for v in c["restart_norms"]],
                               "restart_index": round(c["restart_index"], 3),
                               "transfer": [round(v, 4) for v in c["transfer"]],
+                              "reference": None if c["reference"] is None else
+                              [round(v, 4) for v in c["reference"]],
+                              "reference_accuracy": [round(v, 4) for v in c["reference_accuracy"]],
                               "reasons": c["reasons"]} for c in d["confirmation"]],
             "target_flagged": None if target is None else target in flagged,
             "other_flagged": [k for k in flagged if k != target],
@@ -203,6 +209,13 @@ def run_one(m: dict, data, seed: int, n_images: int) -> dict:
             "load_average_1min_at_start": round(load0, 2), **({"zoo": m["zoo"]} if "zoo" in m else {}),
             **({"split": m["split"]} if "split" in m else {}),
             "anomaly_scale": d["anomaly_scale"], **l1_scale(d["norms"], target)}
+
+
+def _run_job(m: dict, data, seed: int, n_images: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_one(m, data, seed, n_images)
 
 
 def l1_scale(norms: list[float], target: int | None) -> dict:
@@ -295,7 +308,9 @@ def main() -> int:
                     help="Folder holding identical MNIST zoo builds to copy instead of training.")
     ap.add_argument("--n-images", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="Models run in this many processes at once (default 1).")
     ap.add_argument("--only", nargs="*", default=None, help="Run only these model names.")
     ap.add_argument("--wide", type=int, default=0, metavar="N",
                     help="Also the wide zoo's dev digits draws 0..N-1 with a content or noise mark, "
@@ -330,11 +345,21 @@ def main() -> int:
     if args.only:
         models = [m for m in models if m["name"] in args.only]
     rows = []
-    for m in models:
-        r = run_one(m, data, args.seed, args.n_images)
+    job = functools.partial(_run_job, data=data, seed=args.seed, n_images=args.n_images,
+                            threads=args.threads)
+    if args.workers > 1:
+        # models are independent: a pool of forked processes, results in the models' order
+        pool = multiprocessing.get_context("fork").Pool(args.workers)
+        results = pool.imap(job, models)
+    else:
+        pool, results = None, map(job, models)
+    for r in results:
         rows.append(r)
         print(f"{r['name']:<24} flagged {r['flagged']!s:<10} max idx {r['max_anomaly_index']:.2f} "
               f"pass {r['pass']}  {r['seconds']:.0f} s", file=sys.stderr, flush=True)
+    if pool is not None:
+        pool.close()
+        pool.join()
     summary = summarise(rows)
     result = {
         "what": "audit detect (Neural Cleanse, defaults: 40 epochs x 8 steps, anomaly index of "
@@ -345,7 +370,8 @@ def main() -> int:
                 "their own test images, a fifth held out)",
         "data": f"MNIST t10k: detect's stratified sample (max_images={args.n_images}, seed="
                 f"{args.seed}), the rest held out",
-        "argv": sys.argv[1:], "torch_threads": args.threads, "machine": info, "summary": summary,
+        "argv": sys.argv[1:], "torch_threads": args.threads, "workers": args.workers,
+        "machine": info, "summary": summary,
         "models": rows,
         "total_seconds": round(time.perf_counter() - t_all, 1),
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],

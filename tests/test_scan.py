@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from audit.cli import run
+from audit.confirm import REFERENCE_MAX
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
 
@@ -113,6 +114,7 @@ def test_flags_are_confirmed(reports):
             assert c["confirmed"] == (c["cls"] in d["flagged"])
             if c["confirmed"]:
                 assert min(c["transfer"]) >= 0.8 and c["restart_index"] > 2 and c["held_out"] > 0
+                assert c["reference"] is None or np.mean(c["reference"]) < REFERENCE_MAX
 
 
 def test_reports_agree(reports, sarif_schema):

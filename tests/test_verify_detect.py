@@ -28,6 +28,7 @@ import pytest
 from scipy.stats import binomtest
 
 from audit.cli import run
+from audit.confirm import REFERENCE_MAX, REFERENCE_MIN_ACCURACY
 from audit.data import Preprocess, load_dataset
 from audit.nc import ANOMALY_THRESHOLD, MAD_CONSTANT, anomaly_index
 from audit.verify import effective_null_rate, verify_predictions
@@ -265,6 +266,10 @@ def test_detect_flags_the_content_target(zoo, detected):
     assert d["n_images"] == 360 and d["n_held_out"] == 90
     (c,) = [c for c in d["confirmation"] if c["cls"] == e.meta["target"]]
     assert c["confirmed"] and min(c["transfer"]) >= 0.8 and c["restart_index"] > ANOMALY_THRESHOLD
+    # the watermark's triggers are the model's own: clean reference classifiers trained on the
+    # same images (which they classify well) ignore them
+    assert min(c["reference_accuracy"]) >= REFERENCE_MIN_ACCURACY, c
+    assert len(c["reference"]) == 3 and np.mean(c["reference"]) < REFERENCE_MAX / 3, c
     report = json.loads((rep / "report.json").read_text())
     assert report["command"] == "detect" and report["flagged"] == d["flagged"]
     assert (rep / f"mask_{e.meta['target']}.png").is_file()
@@ -300,6 +305,8 @@ def test_detect_vanilla_twin(zoo, capsys):
     assert d["anomaly_scale"] == "log"
     assert rc == 0 and d["flagged"] == [], (err, d["confirmation"])
     assert all(not c["confirmed"] and c["reasons"] for c in d["confirmation"])
+    # every candidate's triggers were also tried on the clean reference classifiers
+    assert all(c["reference"] is not None and len(c["reference"]) == 3 for c in d["confirmation"])
     norms = np.asarray(d["norms"])
     np.testing.assert_allclose(d["anomaly_index"], anomaly_index(norms, "log")[0], rtol=1e-9)
     idx_l1, flagged_l1 = anomaly_index(norms)

@@ -6,7 +6,7 @@ import click
 
 from audit.cli import FiniteFloat, data_options, emit_json, preflight, preprocess_from
 from audit.config import config_option
-from audit.settings import ANOMALY_THRESHOLD, DetectConfig, NCConfig
+from audit.settings import ANOMALY_THRESHOLD, DETECT_THRESHOLD, DetectConfig, NCConfig
 
 
 @click.command("detect")
@@ -19,11 +19,13 @@ from audit.settings import ANOMALY_THRESHOLD, DetectConfig, NCConfig
 @config_option(NCConfig, "epochs", "--nc-epochs")
 @config_option(NCConfig, "steps_per_epoch", "--nc-steps")
 @config_option(DetectConfig, "anomaly_scale", "--anomaly-scale")
-@click.option("--anomaly-threshold", type=FiniteFloat(0, min_open=True), default=ANOMALY_THRESHOLD,
-              show_default=True, help="Anomaly index above which a class is a candidate.")
+@click.option("--anomaly-threshold", type=FiniteFloat(0, min_open=True), default=None,
+              help=f"Anomaly index above which a class is a candidate [default: {DETECT_THRESHOLD:g}; "
+                   f"with --no-confirm {ANOMALY_THRESHOLD:g}, Neural Cleanse's].")
 @click.option("--confirm/--no-confirm", default=True, show_default=True,
-              help="Flag a candidate only when its trigger stays small from other starts and "
-                   "works on held-out images (docs/method.md); --no-confirm flags every candidate.")
+              help="Flag a candidate only when its trigger stays small from other starts, "
+                   "works on held-out images and not on clean reference classifiers "
+                   "(docs/method.md); --no-confirm flags every candidate.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @data_options
@@ -50,7 +52,7 @@ def detect(model, data, report_dir, max_images, seed, nc_epochs, nc_steps, anoma
                 f"  (not confirmed: {'; '.join(rejected[k])})" if k in rejected else ""
             click.echo(f"{k:>5} {norm:>9.2f} {idx:>8.2f} {s:>8.3f}{mark}")
         verdict = (f"backdoor suspected in class(es) {', '.join(map(str, d['flagged']))}"
-                   if d["flagged"] else f"no class flagged (anomaly index <= {anomaly_threshold:g}"
+                   if d["flagged"] else f"no class flagged (anomaly index <= {d['anomaly_threshold']:g}"
                    + (" or not confirmed)" if rejected else ")"))
         click.echo(verdict)
     return 1 if d["flagged"] else 0

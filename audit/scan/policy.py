@@ -4,7 +4,7 @@ Top-level keys apply to every model; each ``[[models]]`` table applies to the mo
 ``glob`` matches, later tables over earlier ones::
 
     data = "clean/"                 # clean labelled images (any format `audit` reads)
-    anomaly_threshold = 2.0
+    anomaly_threshold = 1.75        # the default; 2.0 with confirm = false
 
     [[models]]
     glob = "mnist/*.onnx"           # fnmatch; `*` crosses folders; no "/": the file name
@@ -39,7 +39,7 @@ except ModuleNotFoundError:   # Python 3.10
 
 from audit.data import Preprocess
 from audit.errors import AuditError, DataError
-from audit.settings import ANOMALY_THRESHOLD, DetectConfig, NCConfig
+from audit.settings import DetectConfig, NCConfig
 
 FAIL_ON = ("suspected", "error", "never")
 EXPECT = ("demonstrated", "report")
@@ -69,7 +69,7 @@ class ModelPolicy:
     mean: float | tuple[float, ...] | None = None
     std: float | tuple[float, ...] | None = None
     input_spec: str | None = None
-    anomaly_threshold: float = ANOMALY_THRESHOLD
+    anomaly_threshold: float | None = None   # settings.detect_threshold
     max_images: int = DetectConfig.max_images
     seed: int = DetectConfig.seed
     nc_epochs: int = NCConfig.epochs
