@@ -15,10 +15,11 @@ Models (shared/data unless noted; preprocessing from MANIFEST.json):
     defaults were set on the dev draws and the zoo; the summary gives each split's rates.
 
 Data: ``audit detect --max-images 1000`` on the MNIST test set (a stratified 1,000 images for
-Neural Cleanse, 500 of the rest held out for the confirmation's transfer check); CIFAR-10: the
+Neural Cleanse, 500 of the rest held out for the confirmation's transfer and reference checks;
+the reference classifiers train on the 1,000); CIFAR-10: the
 JPEG-decoded test set; digits and wide-zoo models: their own test images (a fifth held out).
 NC defaults (40 epochs, 8 steps), the log-norm index. Each row records the candidates (index
-> 2: Neural Cleanse alone) and what the confirmation found; ``l1_scale`` scores the same
+> 1.75: Neural Cleanse alone) and what the confirmation found; ``l1_scale`` scores the same
 recovery with Neural Cleanse's own index. torch runs with ``--threads`` threads (default 1) in
 each of ``--workers`` processes (default 1).
 
@@ -327,6 +328,7 @@ def main() -> int:
     import torch
 
     from audit.data import load_dataset
+    from audit.settings import ANOMALY_THRESHOLD, DETECT_THRESHOLD
 
     torch.set_num_threads(args.threads)
     info = machine()
@@ -362,11 +364,12 @@ def main() -> int:
         pool.join()
     summary = summarise(rows)
     result = {
-        "what": "audit detect (Neural Cleanse, defaults: 40 epochs x 8 steps, anomaly index of "
-                "the log mask norms > 2 on the small side, candidates confirmed by two restarts and "
-                "transfer to held-out images; l1_scale: Neural Cleanse's index of the norms, "
-                "unconfirmed) on 1000 stratified MNIST test images per model, the rest of the test "
-                "set held out (CIFAR-10: its JPEG-decoded test set; digits and wide-zoo draws: "
+        "what": "audit detect (Neural Cleanse, defaults: 40 epochs x 8 steps, candidates: anomaly "
+                f"index of the log mask norms > {DETECT_THRESHOLD:g} on the small side, confirmed by "
+                "two restarts, transfer to held-out images and clean reference classifiers that "
+                "ignore the triggers; l1_scale: Neural Cleanse's index of the norms, > "
+                f"{ANOMALY_THRESHOLD:g}, unconfirmed) on 1000 stratified MNIST test images per model, "
+                "the rest of the test set held out (CIFAR-10: its JPEG-decoded test set; digits and wide-zoo draws: "
                 "their own test images, a fifth held out)",
         "data": f"MNIST t10k: detect's stratified sample (max_images={args.n_images}, seed="
                 f"{args.seed}), the rest held out",

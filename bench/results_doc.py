@@ -142,7 +142,7 @@ def detect_models(d: dict) -> str:
     command = "python bench/detect_models.py " + " ".join(d["argv"])
     return section(
         "Backdoor detection", command, d.get("commit"),
-        table(["model", "kind", "target", "candidates (index > 2)", "flagged (confirmed)",
+        table(["model", "kind", "target", "candidates (index > 1.75)", "flagged (confirmed)",
                "index", "flagged (l1, unconfirmed)", "pass"], rows),
         f"{d['what']}. The index is the target's, or the largest when there is no target. "
         f"All clean models: {s['clean_flagged']} flagged ({s['clean_candidates_unconfirmed']} "
