@@ -108,8 +108,9 @@ def confirm(forward, fit_x: np.ndarray, held: tuple[np.ndarray, np.ndarray], rec
             reasons.append(f"its index {rec_index[c]:.2f} is not above {ANOMALY_THRESHOLD:g} and "
                            + ("the reference classifiers are too weak to judge its trigger "
                               f"(held-out accuracy {np.mean(ref_acc):.0%} < "
-                              f"{REFERENCE_MIN_ACCURACY:.0%})" if refs else
-                              "no reference classifier could be trained to judge its trigger"))
+                              f"{REFERENCE_MIN_ACCURACY:.0%})" if refs and not check_refs else
+                              "no reference classifier could judge its trigger (no labels or no "
+                              "held-out images)"))
         if c not in flagged:
             reasons.append(f"a restart's mask norm {worst[c]:.3g} leaves the class no outlier "
                            f"(index {idx[c]:.2f})")

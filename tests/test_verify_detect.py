@@ -31,6 +31,7 @@ from audit.cli import run
 from audit.confirm import REFERENCE_MAX, REFERENCE_MIN_ACCURACY
 from audit.data import Preprocess, load_dataset
 from audit.nc import ANOMALY_THRESHOLD, MAD_CONSTANT, anomaly_index
+from audit.settings import DETECT_THRESHOLD
 from audit.verify import effective_null_rate, verify_predictions
 
 pytestmark = pytest.mark.xdist_group(__name__)   # one worker runs the module's detect
@@ -259,6 +260,7 @@ def test_detect_flags_the_content_target(zoo, detected):
     e, d, rep = zoo["entry"], detected["json"], detected["report_dir"]
     assert detected["rc"] == 1, d
     assert d["suspected"] is True and e.meta["target"] in d["flagged"]
+    assert d["anomaly_threshold"] == DETECT_THRESHOLD
     assert d["anomaly_index"][e.meta["target"]] > ANOMALY_THRESHOLD
     assert d["most_likely_infected"] == e.meta["target"]
     assert len(d["norms"]) == len(d["anomaly_index"]) == len(d["attack_success"]) == 10
@@ -292,6 +294,18 @@ def test_detect_l1_scale_scores_the_same_recovery(zoo, detected, capsys):
     np.testing.assert_allclose(d1["anomaly_index"], anomaly_index(np.asarray(d1["norms"]))[0],
                                rtol=1e-9)
     np.testing.assert_allclose(d1["anomaly_index_l1"], d1["anomaly_index"], rtol=1e-9)
+
+
+def test_detect_without_confirmation_uses_neural_cleanse_threshold(zoo, capsys):
+    """--no-confirm flags every candidate, so candidates start at Neural Cleanse's own 2."""
+    e = zoo["entry"]
+    rc, d, err = cli_json(capsys, "detect", e.watermarked, "--data", e.data_dir / "test.npz",
+                          "--no-confirm", "--nc-epochs", "2", "--max-images", "200",
+                          "--device", "cpu", "--quiet")
+    assert rc in (0, 1), err
+    assert d["anomaly_threshold"] == ANOMALY_THRESHOLD and "confirmation" not in d
+    assert d["flagged"] == anomaly_index(np.asarray(d["norms"]), "log", ANOMALY_THRESHOLD)[1]
+    assert rc == (1 if d["flagged"] else 0)
 
 
 def test_detect_vanilla_twin(zoo, capsys):
