@@ -84,9 +84,15 @@ def confirm(forward, fit_x: np.ndarray, held: tuple[np.ndarray, np.ndarray], rec
     refs, ref_acc = [], []
     if candidates and fit_y is not None and len(held_x):
         refs = train_references(fit_x, fit_y, k, seed + REFERENCE_SEED, device)
-        ref_acc = [accuracy(r, held_x, held_y) for r in refs]
-    check_refs = bool(refs) and float(np.mean(ref_acc)) >= REFERENCE_MIN_ACCURACY
-    rec_index = anomaly_index(np.asarray(rec.norms, dtype=np.float64), config.anomaly_scale, threshold)[0]
+        ref_acc = [accuracy(r, held_x, held_y, device) for r in refs]
+    # why a candidate's trigger cannot be put to the references (None: it can)
+    if not refs:
+        unjudged = "no reference classifier could judge its trigger (no labels or no held-out images)"
+    elif np.mean(ref_acc) < REFERENCE_MIN_ACCURACY:
+        unjudged = (f"the reference classifiers are too weak to judge its trigger (held-out "
+                    f"accuracy {np.mean(ref_acc):.0%} < {REFERENCE_MIN_ACCURACY:.0%})")
+    else:
+        unjudged = None
     out = []
     for c in candidates:
         restarts = [recover(forward, fit_x, k, config, seed=seed + SEED_STEP * (r + 1),
@@ -96,21 +102,17 @@ def confirm(forward, fit_x: np.ndarray, held: tuple[np.ndarray, np.ndarray], rec
         worst[c] = max([float(rec.norms[c]), *norms])
         idx, flagged = anomaly_index(worst, config.anomaly_scale, threshold)
         others = held_y != c
-        triggers = [(rec.masks[c], rec.patterns[c])] + [(r.masks[c], r.patterns[c]) for r in restarts]
-        transfer = [_flip_rate(forward, held_x[others], c, m, p, device) for m, p in triggers]
-        reference = None
-        if check_refs and others.any():
-            stamped = [stamp(held_x[others], m, p) for m, p in triggers]
-            reference = [float(np.mean([accuracy(r, xs, np.full(len(xs), c)) for r in refs]))
-                         for xs in stamped]
+        target = np.full(int(others.sum()), c)
+        # each trigger stamped once, then shown to the model and to every reference
+        stamped = [stamp(held_x[others], m, p) for m, p in
+                   [(rec.masks[c], rec.patterns[c])] + [(r.masks[c], r.patterns[c]) for r in restarts]]
+        transfer = [accuracy(forward, xs, target, device) for xs in stamped]
+        reference = None if unjudged or not others.any() else \
+            [float(np.mean([accuracy(r, xs, target, device) for r in refs])) for xs in stamped]
         reasons = []
-        if reference is None and rec_index[c] <= ANOMALY_THRESHOLD:
-            reasons.append(f"its index {rec_index[c]:.2f} is not above {ANOMALY_THRESHOLD:g} and "
-                           + ("the reference classifiers are too weak to judge its trigger "
-                              f"(held-out accuracy {np.mean(ref_acc):.0%} < "
-                              f"{REFERENCE_MIN_ACCURACY:.0%})" if refs and not check_refs else
-                              "no reference classifier could judge its trigger (no labels or no "
-                              "held-out images)"))
+        if reference is None and rec.anomaly[c] <= ANOMALY_THRESHOLD:
+            reasons.append(f"its index {rec.anomaly[c]:.2f} is not above {ANOMALY_THRESHOLD:g} and "
+                           + (unjudged or "no held-out image of another class to judge it on"))
         if c not in flagged:
             reasons.append(f"a restart's mask norm {worst[c]:.3g} leaves the class no outlier "
                            f"(index {idx[c]:.2f})")
@@ -128,15 +130,3 @@ def confirm(forward, fit_x: np.ndarray, held: tuple[np.ndarray, np.ndarray], rec
                                 held_out=int(others.sum()), reasons=reasons, reference=reference,
                                 reference_accuracy=ref_acc))
     return out
-
-
-@torch.no_grad()
-def _flip_rate(forward, x01: np.ndarray, target: int, mask: np.ndarray, pattern: np.ndarray,
-               device, batch: int = 256) -> float:
-    if len(x01) == 0:
-        return 0.0
-    hits = 0
-    for i in range(0, len(x01), batch):
-        xb = torch.from_numpy(stamp(x01[i:i + batch], mask, pattern)).to(device)
-        hits += int((forward(xb).argmax(1) == target).sum())
-    return hits / len(x01)

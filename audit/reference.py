@@ -7,8 +7,9 @@ digit into a 9 on a small net) is reached by the same strokes on any model of th
 recovered trigger is a feature of the data, and it fools a clean classifier too.
 
 ``train_references`` fits ``REFERENCES`` small CNNs on the detection images and their labels
-(the clean data the user gave, never the suspect model's outputs); ``reference_rate`` is the
-share of images that a trigger sends to its class on them.
+(the clean data the user gave, never the suspect model's outputs); ``accuracy`` is the share
+of images a classifier (a reference, or the suspect model's forward) gives a label: stamped
+images labelled with the trigger's class, the share the trigger sends there.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def train_references(x01: np.ndarray, y: np.ndarray, num_classes: int, seed: int
     refs = []
     for r in range(REFERENCES):
         gen = torch.Generator().manual_seed(seed + r)
-        torch.manual_seed(seed + r)   # the layers' initialisation
-        net = _Reference(x.shape[1], num_classes).to(device)
+        with torch.random.fork_rng(devices=[]):   # the layers' initialisation, without moving
+            torch.manual_seed(seed + r)           # the caller's global random state
+            net = _Reference(x.shape[1], num_classes).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=LR)
         net.train()
         for _ in range(EPOCHS):
@@ -81,14 +83,14 @@ def train_references(x01: np.ndarray, y: np.ndarray, num_classes: int, seed: int
 
 
 @torch.no_grad()
-def accuracy(ref: nn.Module, x01: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
-    """Share of images x01 that ref classifies as y."""
+def accuracy(predict, x01: np.ndarray, y: np.ndarray, device: str | torch.device = "cpu",
+             batch: int = 256) -> float:
+    """Share of images x01 ([N,C,H,W] in [0, 1]) that predict (a module or a forward function
+    mapping an image tensor on device to logits) classifies as y."""
     if len(x01) == 0:
         return 0.0
-    device = next(ref.parameters()).device
     hits = 0
     for i in range(0, len(x01), batch):
-        xb = torch.from_numpy(np.ascontiguousarray(x01[i:i + batch], dtype=np.float32))
-        pred = ref(xb.to(device)).argmax(1).cpu().numpy()
-        hits += int((pred == np.asarray(y[i:i + batch])).sum())
+        xb = torch.from_numpy(np.ascontiguousarray(x01[i:i + batch], dtype=np.float32)).to(device)
+        hits += int((predict(xb).argmax(1).cpu().numpy() == np.asarray(y[i:i + batch])).sum())
     return hits / len(x01)

@@ -213,9 +213,7 @@ def run_one(m: dict, data, seed: int, n_images: int) -> dict:
 
 
 def _run_job(m: dict, data, seed: int, n_images: int, threads: int) -> dict:
-    import torch
-
-    torch.set_num_threads(threads)
+    common.set_threads(threads)   # in each worker process
     return run_one(m, data, seed, n_images)
 
 
@@ -325,12 +323,11 @@ def main() -> int:
     if not (SHARED / "MANIFEST.json").is_file():
         print(f"skipped: {SHARED} not present (real models and MNIST)", file=sys.stderr)
         return 0
-    import torch
 
     from audit.data import load_dataset
     from audit.settings import ANOMALY_THRESHOLD, DETECT_THRESHOLD
 
-    torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     info = machine()
     t_all = time.perf_counter()
     manifest = json.loads((SHARED / "MANIFEST.json").read_text())
