@@ -46,7 +46,7 @@ HELD_OUT_MIN = 20
 SEED_STEP = 7919
 #: a candidate whose triggers send this share of held-out images of other classes to it on
 #: the clean reference classifiers (mean over triggers and references) is a feature of the data
-REFERENCE_MAX = 0.3
+REFERENCE_MAX = 0.2
 #: the references' held-out accuracy below which the reference check is skipped
 REFERENCE_MIN_ACCURACY = 0.8
 #: seed offset of the reference classifiers from the detection seed

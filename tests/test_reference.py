@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from audit.confirm import REFERENCE_MAX
 from audit.reference import REFERENCES, accuracy, train_references
 
 
@@ -111,7 +112,7 @@ def test_confirm_rejects_a_trigger_that_fools_the_references(refs, digits, monke
     mask = (mean1 > 0.3).astype(np.float32)
     c = _confirm(refs, digits, mask, mean1, [30.0, 3.0] + [30.0] * 8, y, monkeypatch)
     assert c.reference is not None and len(c.reference) == 3
-    assert np.mean(c.reference) >= 0.3 and min(c.reference_accuracy) >= 0.8, c
+    assert np.mean(c.reference) >= REFERENCE_MAX and min(c.reference_accuracy) >= 0.8, c
     assert not c.confirmed and any("feature of the data" in r for r in c.reasons), c.reasons
 
 

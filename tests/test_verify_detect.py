@@ -271,7 +271,7 @@ def test_detect_flags_the_content_target(zoo, detected):
     # the watermark's triggers are the model's own: clean reference classifiers trained on the
     # same images (which they classify well) ignore them
     assert min(c["reference_accuracy"]) >= REFERENCE_MIN_ACCURACY, c
-    assert len(c["reference"]) == 3 and np.mean(c["reference"]) < REFERENCE_MAX / 3, c
+    assert len(c["reference"]) == 3 and np.mean(c["reference"]) < REFERENCE_MAX / 2, c
     report = json.loads((rep / "report.json").read_text())
     assert report["command"] == "detect" and report["flagged"] == d["flagged"]
     assert (rep / f"mask_{e.meta['target']}.png").is_file()
