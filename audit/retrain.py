@@ -55,8 +55,8 @@ def teacher_targets(teacher_logits: torch.Tensor, labels: tuple[torch.Tensor, to
     On a watermarked teacher the target class's score carries the watermark: images that share
     part of the mark, blends and shifted digits among them, score higher on it than a clean
     model would give them. Distilling those scores teaches the mark again, round after round,
-    however well the stamped images unteach it; the suspect classes' scores on images of other
-    classes are what a clean teacher would not give.
+    however well the stamped images unteach it. The suspect classes' scores on images of other
+    classes are where a watermarked teacher departs from a clean one, so they are left out.
     """
     target = F.softmax(teacher_logits / t, dim=1)
     if not unteach:
