@@ -387,8 +387,7 @@ class Launderer:
     def retrain(self, work: RoundWork) -> None:
         """Fine-tune on clean + stamped images (true labels), the masks and synthetic OOD
         images as the sink class, distilling the teacher (the original model, or with
-        retrain.teacher "previous" the previous round's) on clean images, without its scores
-        for the suspect classes on images of other classes (retrain.teacher_targets)."""
+        retrain.teacher "previous" the previous round's) on clean images."""
         cfg, st, r = self.cfg, self.state, work.round
         t = time.perf_counter()
         work.shrink = cfg.shrink if r == 1 and not st.backdoor_seen and cfg.shrink != 1.0 else None
@@ -413,8 +412,7 @@ class Launderer:
                               seed=cfg.seed + r, augment_mask=data.augment, teacher=self.teacher,
                               distill_mask=data.distill, target_mask=torch.from_numpy(data.target),
                               ood=data.ood, ood_label=st.sink, adversary=self._adversary(work),
-                              unteach=sorted(st.suspects), progress=self._bar(r, "retrain"),
-                              device=self.device)
+                              progress=self._bar(r, "retrain"), device=self.device)
         reestimate_batchnorm(self.tm.module, self.forward, self.subset.x, device=self.device)
         st.keep.apply()
         work.times["retrain"] = time.perf_counter() - t

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,31 +41,9 @@ def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tenso
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def _kd(logits: torch.Tensor, target: torch.Tensor, t: float) -> torch.Tensor:
-    return F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean") * t * t
-
-
-def teacher_targets(teacher_logits: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor],
-                    unteach: Sequence[int], t: float = KD_TEMPERATURE) -> torch.Tensor:
-    """The teacher's softened scores as distillation targets, with each class in unteach
-    given no probability on a sample none of whose two labels (a clean image: its label twice;
-    a mixup blend: its two images' labels) is that class; the other classes keep their
-    proportions.
-
-    On a watermarked teacher the target class's score carries the watermark: images that share
-    part of the mark, blends and shifted digits among them, score higher on it than a clean
-    model would give them. Distilling those scores teaches the mark again, round after round,
-    however well the stamped images unteach it. The suspect classes' scores on images of other
-    classes are where a watermarked teacher departs from a clean one, so they are left out.
-    """
+def _kd(logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
     target = F.softmax(teacher_logits / t, dim=1)
-    if not unteach:
-        return target
-    keep = torch.ones_like(target)
-    for c in unteach:
-        keep[(labels[0] != c) & (labels[1] != c), c] = 0.0
-    target = target * keep
-    return target / target.sum(1, keepdim=True).clamp_min(1e-12)
+    return F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean") * t * t
 
 
 @dataclass
@@ -78,7 +56,6 @@ class _Batches:
     soft: torch.Tensor         # bool: distilled from the teacher
     shift: int
     use_kd: bool
-    unteach: tuple[int, ...] = ()   # classes whose teacher scores are not taught (teacher_targets)
 
 
 def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cfg: RetrainConfig,
@@ -86,7 +63,7 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
             teacher=None, distill_mask: np.ndarray | None = None,
             target_mask: np.ndarray | None = None,
             ood: Callable[[int], np.ndarray] | None = None, ood_label: int | None = None,
-            adversary: Adversary | None = None, unteach: Sequence[int] = (), progress=None,
+            adversary: Adversary | None = None, progress=None,
             device: str | torch.device | None = None) -> list[float]:
     """Fine-tune module (through forward) on (x01, y). Returns the mean loss per epoch.
 
@@ -100,9 +77,7 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
     With cfg.ema > 0 the module ends with the running average of its weights (the average is
     also what the target accuracy is checked on). With an adversary (audit.unlearn), each epoch
     first re-optimises its attacks on the current weights, and every batch also learns
-    ADVERSARIAL_SHARE of its size in attacked subset images with their true labels. The
-    teacher's scores for the classes in unteach are not taught on images of other classes
-    (teacher_targets).
+    ADVERSARIAL_SHARE of its size in attacked subset images with their true labels.
 
     The batches, the OOD images and the masks go to device (None: where the module's parameters
     are), which is where module and teacher run; random numbers (order, shifts, mixup) are
@@ -118,8 +93,7 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
                  else torch.ones(n, dtype=torch.bool)).to(device),
         soft=(torch.from_numpy(distill_mask) if distill_mask is not None
               else torch.ones(n, dtype=torch.bool)).to(device),
-        shift=cfg.shift_for(*x01.shape[2:]), use_kd=teacher is not None and cfg.distill > 0,
-        unteach=tuple(int(c) for c in unteach))
+        shift=cfg.shift_for(*x01.shape[2:]), use_kd=teacher is not None and cfg.distill > 0)
     if target_mask is not None:
         target_mask = torch.as_tensor(target_mask).to(device)
     n_batches = max(1, -(-n // cfg.batch_size))
@@ -205,15 +179,14 @@ def _batch_loss(forward, data: _Batches, idx: torch.Tensor, ob: torch.Tensor, cf
             xb = xb.clone()
             xb[a] = _shift(xb[a], data.shift, gen)
     d = data.soft[idx] if data.use_kd else torch.zeros(len(idx), dtype=torch.bool).to(xb.device)
-    clean, clean_y = xb[d], yb[d]
-    mixed, mixed_y = clean[:0], (clean_y[:0], clean_y[:0])
+    clean = xb[d]
+    mixed = clean[:0]
     if data.use_kd and cfg.mixup > 0 and len(clean) >= 2:
         m = int(round(cfg.mixup * len(clean)))
         lam = torch.rand(m, 1, 1, 1, generator=gen).to(clean.device)
         i1 = torch.randint(0, len(clean), (m,), generator=gen).to(clean.device)
         i2 = torch.randint(0, len(clean), (m,), generator=gen).to(clean.device)
         mixed = lam * clean[i1] + (1 - lam) * clean[i2]
-        mixed_y = (clean_y[i1], clean_y[i2])
     if adv is not None:
         xb, yb = torch.cat([xb, adv[0]]), torch.cat([yb, adv[1]])
         d = torch.cat([d, torch.zeros(len(adv[1]), dtype=torch.bool, device=d.device)])
@@ -224,9 +197,8 @@ def _batch_loss(forward, data: _Batches, idx: torch.Tensor, ob: torch.Tensor, cf
     if len(clean):
         kd_x = torch.cat([clean, mixed])
         with torch.no_grad():
-            target = teacher_targets(teacher(kd_x), (torch.cat([clean_y, mixed_y[0]]),
-                                                     torch.cat([clean_y, mixed_y[1]])), data.unteach)
-        loss = loss + cfg.distill * _kd(torch.cat([logits[d], mixed_logits]), target, KD_TEMPERATURE)
+            t_logits = teacher(kd_x)
+        loss = loss + cfg.distill * _kd(torch.cat([logits[d], mixed_logits]), t_logits, KD_TEMPERATURE)
     if len(ob):
         target = torch.full((len(ob),), int(ood_label), dtype=torch.long).to(logits_all.device)
         loss = loss + OOD_WEIGHT * F.cross_entropy(logits_all[-len(ob):], target)

@@ -261,14 +261,6 @@ def _wide_command(d: dict, name: str) -> str:
     return "python bench/wide_zoo.py " + " ".join(shlex.quote(a) for a in out)
 
 
-# results files of a laundering variant that no setting selects: what the run's code did
-# differently (the commit it records holds that code)
-WIDE_VARIANTS = {
-    "wide_zoo_full_teacher": "the teacher's scores for every class distilled",
-    "wide_zoo_dev_full_teacher": "the teacher's scores for every class distilled",
-}
-
-
 def wide_zoo(d: dict, title: str, name: str) -> str:
     """Pass rates of a bench/wide_zoo.py run, overall and per scheme, size and architecture."""
     s = d["summary"]
@@ -548,9 +540,8 @@ def render() -> str:
     for path in sorted(RESULTS.glob("wide_zoo*.json"), key=lambda p: (p.stem.startswith("wide_zoo_dev"), p.stem)):
         d = load(path.name)
         given = (d.get("launder_overrides") or {}).get("set") or []
-        variant = [WIDE_VARIANTS[path.stem]] if path.stem in WIDE_VARIANTS else []
         title = ("Wide zoo, " + ("held-out" if d["split"] == "heldout" else "dev") + " split"
-                 + (f" ({', '.join(given + variant)})" if given or variant else ""))
+                 + (f" ({', '.join(given)})" if given else ""))
         out.append(wide_zoo(d, title, path.name))
     d = load("exporters.json")
     if d:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from audit.reset import ResetMask
-from audit.retrain import KD_TEMPERATURE, RetrainConfig, retrain, teacher_targets
+from audit.retrain import RetrainConfig, retrain
 
 
 def _net(seed: int = 0) -> torch.nn.Module:
@@ -73,20 +73,3 @@ def test_ema_keeps_reset_units_exactly_zero():
     w, b = net[1].weight.detach().numpy(), net[1].bias.detach().numpy()
     assert np.all(w[[0, 5, 7]] == 0) and np.all(b[[0, 5, 7]] == 0)
     assert np.abs(w[[1, 2, 3]]).sum() > 0
-
-
-def test_teacher_targets_drop_a_suspect_class_on_images_of_other_classes():
-    """Suspect class 2 gets no probability on a clean image of class 0 or on a blend of 0
-    and 1; it keeps the teacher's score on an image of 2 and on a blend that holds a 2; the
-    other classes keep their proportions; without suspects the targets are the softmax."""
-    logits = torch.tensor([[3.0, 1.0, 2.5, 0.0]] * 4)
-    a = torch.tensor([0, 0, 2, 1])   # first label: clean 0, blend 0+1, clean 2, blend 1+2
-    b = torch.tensor([0, 1, 2, 2])
-    plain = torch.softmax(logits / KD_TEMPERATURE, 1)
-    assert torch.equal(teacher_targets(logits, (a, b), ()), plain)
-    t = teacher_targets(logits, (a, b), [2])
-    assert torch.allclose(t.sum(1), torch.ones(4))
-    assert float(t[0, 2]) == 0.0 and float(t[1, 2]) == 0.0
-    assert torch.allclose(t[2:], plain[2:])
-    others = [0, 1, 3]
-    assert torch.allclose(t[0, others], plain[0, others] / plain[0, others].sum())

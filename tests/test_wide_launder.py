@@ -27,9 +27,6 @@ from audit.settings import LaunderConfig
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
 
 SEEDS = {"content": 3, "noise": 10, "unrelated": 0, "adi": 26}
-# a content mark on an MLP at 8x8 that the original teacher's scores for the target class
-# taught back every round (11-12% left) until the suspects' scores were left out of them
-EXTRA = {"content-mlp": 16}
 MAX_DROP, MAX_MEDIAN_DROP = 0.02, 0.01
 
 
@@ -49,8 +46,7 @@ def rows(tmp_path_factory) -> dict[str, dict]:
     cache = tmp_path_factory.mktemp("wide")
     cfg = LaunderConfig(device="cpu")
     with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
-        futs = {k: pool.submit(launder_draw, make_draw(s), cache, cfg)
-                for k, s in {**SEEDS, **EXTRA}.items()}
+        futs = {k: pool.submit(launder_draw, make_draw(s), cache, cfg) for k, s in SEEDS.items()}
         return {k: f.result() for k, f in futs.items()}
 
 
@@ -60,7 +56,7 @@ def test_twin_does_not_carry_the_mark(rows, scheme):
     assert r["vanilla_wm_acc"] <= 0.5 and r["embedded"] and r["wm_acc_before"] >= 0.9
 
 
-@pytest.mark.parametrize("scheme", list(SEEDS) + list(EXTRA))
+@pytest.mark.parametrize("scheme", list(SEEDS))
 def test_laundered_below_ownership(rows, scheme):
     r = rows[scheme]
     assert not r["verify_after"]["demonstrated"], r["verify_after"]
@@ -79,7 +75,7 @@ def test_abstract_images_go_to_the_sink(rows):
         (r["wm_acc_after"], r["sink_label_share"], r["n_trigger"])
 
 
-@pytest.mark.parametrize("scheme", list(SEEDS) + list(EXTRA))
+@pytest.mark.parametrize("scheme", list(SEEDS))
 def test_test_accuracy_kept(rows, scheme):
     r = rows[scheme]
     assert r["test_drop"] <= MAX_DROP, (r["test_acc_before"], r["test_acc_after"])
