@@ -412,6 +412,7 @@ class Launderer:
                               seed=cfg.seed + r, augment_mask=data.augment, teacher=self.teacher,
                               distill_mask=data.distill, target_mask=torch.from_numpy(data.target),
                               ood=data.ood, ood_label=st.sink, adversary=self._adversary(work),
+                              free=sorted(st.suspects) if cfg.retrain.suspect_scores == "free" else (),
                               progress=self._bar(r, "retrain"), device=self.device)
         reestimate_batchnorm(self.tm.module, self.forward, self.subset.x, device=self.device)
         st.keep.apply()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,9 +41,34 @@ def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tenso
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def _kd(logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
+def _kd(logits: torch.Tensor, teacher_logits: torch.Tensor, t: float,
+        free: torch.Tensor | None = None) -> torch.Tensor:
+    """Distillation loss; the classes marked in free (bool, [n, K]) are left out of both
+    softened distributions for that sample."""
+    if free is not None:
+        logits = logits.masked_fill(free, -1e4)
+        teacher_logits = teacher_logits.masked_fill(free, -1e4)
     target = F.softmax(teacher_logits / t, dim=1)
     return F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean") * t * t
+
+
+def free_scores(labels: tuple[torch.Tensor, torch.Tensor], suspects: Sequence[int], k: int
+                ) -> torch.Tensor | None:
+    """[n, k] bool: the suspect classes' scores left out of the distillation on a sample none
+    of whose two labels (a clean image: its label twice; a mixup blend: its two images'
+    labels) is that class. None without suspects.
+
+    On a watermarked teacher a suspect target's score carries the mark: images that share part
+    of it (shifted digits, blends) score higher on it than a clean model would give them, and
+    distilling those scores teaches the mark again however well the stamped images unteach it.
+    Left out, the class's score on such images follows only the hard labels.
+    """
+    if not suspects:
+        return None
+    free = torch.zeros(len(labels[0]), k, dtype=torch.bool, device=labels[0].device)
+    for c in suspects:
+        free[(labels[0] != c) & (labels[1] != c), c] = True
+    return free
 
 
 @dataclass
@@ -56,6 +81,7 @@ class _Batches:
     soft: torch.Tensor         # bool: distilled from the teacher
     shift: int
     use_kd: bool
+    free: tuple[int, ...] = ()   # classes whose scores are left out of the distillation (free_scores)
 
 
 def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cfg: RetrainConfig,
@@ -63,7 +89,7 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
             teacher=None, distill_mask: np.ndarray | None = None,
             target_mask: np.ndarray | None = None,
             ood: Callable[[int], np.ndarray] | None = None, ood_label: int | None = None,
-            adversary: Adversary | None = None, progress=None,
+            adversary: Adversary | None = None, free: Sequence[int] = (), progress=None,
             device: str | torch.device | None = None) -> list[float]:
     """Fine-tune module (through forward) on (x01, y). Returns the mean loss per epoch.
 
@@ -77,7 +103,9 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
     With cfg.ema > 0 the module ends with the running average of its weights (the average is
     also what the target accuracy is checked on). With an adversary (audit.unlearn), each epoch
     first re-optimises its attacks on the current weights, and every batch also learns
-    ADVERSARIAL_SHARE of its size in attacked subset images with their true labels.
+    ADVERSARIAL_SHARE of its size in attacked subset images with their true labels. The
+    scores of the classes in free are left out of the distillation on images of other classes
+    (free_scores).
 
     The batches, the OOD images and the masks go to device (None: where the module's parameters
     are), which is where module and teacher run; random numbers (order, shifts, mixup) are
@@ -93,7 +121,8 @@ def retrain(module: torch.nn.Module, forward, x01: np.ndarray, y: np.ndarray, cf
                  else torch.ones(n, dtype=torch.bool)).to(device),
         soft=(torch.from_numpy(distill_mask) if distill_mask is not None
               else torch.ones(n, dtype=torch.bool)).to(device),
-        shift=cfg.shift_for(*x01.shape[2:]), use_kd=teacher is not None and cfg.distill > 0)
+        shift=cfg.shift_for(*x01.shape[2:]), use_kd=teacher is not None and cfg.distill > 0,
+        free=tuple(int(c) for c in free))
     if target_mask is not None:
         target_mask = torch.as_tensor(target_mask).to(device)
     n_batches = max(1, -(-n // cfg.batch_size))
@@ -179,14 +208,15 @@ def _batch_loss(forward, data: _Batches, idx: torch.Tensor, ob: torch.Tensor, cf
             xb = xb.clone()
             xb[a] = _shift(xb[a], data.shift, gen)
     d = data.soft[idx] if data.use_kd else torch.zeros(len(idx), dtype=torch.bool).to(xb.device)
-    clean = xb[d]
-    mixed = clean[:0]
+    clean, clean_y = xb[d], yb[d]
+    mixed, mixed_y = clean[:0], (clean_y[:0], clean_y[:0])
     if data.use_kd and cfg.mixup > 0 and len(clean) >= 2:
         m = int(round(cfg.mixup * len(clean)))
         lam = torch.rand(m, 1, 1, 1, generator=gen).to(clean.device)
         i1 = torch.randint(0, len(clean), (m,), generator=gen).to(clean.device)
         i2 = torch.randint(0, len(clean), (m,), generator=gen).to(clean.device)
         mixed = lam * clean[i1] + (1 - lam) * clean[i2]
+        mixed_y = (clean_y[i1], clean_y[i2])
     if adv is not None:
         xb, yb = torch.cat([xb, adv[0]]), torch.cat([yb, adv[1]])
         d = torch.cat([d, torch.zeros(len(adv[1]), dtype=torch.bool, device=d.device)])
@@ -198,7 +228,10 @@ def _batch_loss(forward, data: _Batches, idx: torch.Tensor, ob: torch.Tensor, cf
         kd_x = torch.cat([clean, mixed])
         with torch.no_grad():
             t_logits = teacher(kd_x)
-        loss = loss + cfg.distill * _kd(torch.cat([logits[d], mixed_logits]), t_logits, KD_TEMPERATURE)
+        free = free_scores((torch.cat([clean_y, mixed_y[0]]), torch.cat([clean_y, mixed_y[1]])),
+                           data.free, t_logits.shape[1])
+        loss = loss + cfg.distill * _kd(torch.cat([logits[d], mixed_logits]), t_logits, KD_TEMPERATURE,
+                                        free)
     if len(ob):
         target = torch.full((len(ob),), int(ood_label), dtype=torch.long).to(logits_all.device)
         loss = loss + OOD_WEIGHT * F.cross_entropy(logits_all[-len(ob):], target)

@@ -86,6 +86,8 @@ class NCSchedule:
 NC_SCHEDULE = NCSchedule()
 
 
+#: retrain.suspect_scores: how the teacher's scores for the suspect classes are distilled
+SUSPECT_SCORES = ("teacher", "free")
 #: retrain.teacher: whom rounds 2 and later distil from
 TEACHERS = ("original", "previous")
 
@@ -106,6 +108,10 @@ class RetrainConfig:
                            "the original model (keeps clean accuracy), or the previous round's "
                            "model (removes more of a watermark, at a cost in clean accuracy; "
                            "docs/method.md).", choices=TEACHERS)
+    suspect_scores: str = setting("teacher", "The suspect classes' scores in the distillation on "
+                                  "images of other classes: the teacher's, or free (left out of "
+                                  "the distillation: a watermarked teacher's scores for its target "
+                                  "carry the mark; docs/method.md).", choices=SUSPECT_SCORES)
     mixup: float = setting(0.5, "Share of the clean images of a batch also distilled as mixup "
                            "blends of two of them: the teacher's scores between classes carry "
                            "what a few hundred hard labels cannot.", min=0)

@@ -404,6 +404,33 @@ def test_teacher_of_later_rounds(zoo, teacher):
         assert torch.allclose(seen[2][1], seen[1][0], atol=1e-5)
 
 
+@pytest.mark.parametrize("scores", ["teacher", "free"])
+def test_suspect_scores_reach_the_retraining(zoo, scores, monkeypatch):
+    """retrain.suspect_scores "free" hands the round's suspects (the used trigger's class) to
+    the retraining, whose distillation leaves their scores out (docs/method.md); the default
+    hands none."""
+    import audit.launder as launder_mod
+    from audit.launder import LaunderConfig, Launderer
+    from audit.nc import NCConfig
+    from audit.retrain import RetrainConfig
+
+    real, seen = launder_mod.retrain, []
+
+    def spy(*args, **kwargs):
+        seen.append(list(kwargs.get("free", ())))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(launder_mod, "retrain", spy)
+    am = AuditModel.load(zoo["entry"].watermarked, device="cpu")
+    cfg = LaunderConfig(rounds=1, seed=0, nc=NCConfig(epochs=5),
+                        retrain=RetrainConfig(epochs=2, max_epochs=2, lr=1e-3, suspect_scores=scores),
+                        device="cpu")
+    res = Launderer(am, zoo["subset_ds"], PP, cfg).run()
+    used = res.rounds[0].triggers_used
+    assert used and seen
+    assert seen[-1] == (sorted(used) if scores == "free" else [])
+
+
 def test_api_refuses_labels_outside_the_model(zoo):
     from audit import launder
     from audit.errors import DataError
@@ -801,9 +828,9 @@ def test_settings_are_frozen_documented_and_detect_keeps_its_own_scale():
     from audit.settings import NC_SCHEDULE, RETIRED
 
     # every setting is counted: one is added only when it changes a held-out verdict of the
-    # wide zoo (retrain.teacher: 8 of 80 draws; docs/method.md)
+    # wide zoo (retrain.teacher: 8 of 80 draws; retrain.suspect_scores: 5 of 39; docs/method.md)
     keys = toml_keys(LaunderConfig)
-    assert not set(RETIRED) & set(keys) and len(keys) == 33
+    assert not set(RETIRED) & set(keys) and len(keys) == 34
     assert all(RETIRED[f"nc.{k}"] == v for k, v in dataclasses.asdict(NC_SCHEDULE).items())
     assert NCConfig().anomaly_scale == "l1" and DetectConfig().nc().anomaly_scale == "log"
     sig = inspect.signature(api.detect).parameters

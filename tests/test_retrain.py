@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from audit.reset import ResetMask
-from audit.retrain import RetrainConfig, retrain
+from audit.retrain import KD_TEMPERATURE, RetrainConfig, _kd, free_scores, retrain
 
 
 def _net(seed: int = 0) -> torch.nn.Module:
@@ -73,3 +73,33 @@ def test_ema_keeps_reset_units_exactly_zero():
     w, b = net[1].weight.detach().numpy(), net[1].bias.detach().numpy()
     assert np.all(w[[0, 5, 7]] == 0) and np.all(b[[0, 5, 7]] == 0)
     assert np.abs(w[[1, 2, 3]]).sum() > 0
+
+
+def test_free_scores_mark_a_suspect_class_on_images_of_other_classes():
+    """Suspect class 2 is left free on a clean image of class 0 and on a blend of 0 and 1, not
+    on an image of 2 or a blend that holds a 2; no suspects, nothing is left free."""
+    a = torch.tensor([0, 0, 2, 1])   # first label: clean 0, blend 0+1, clean 2, blend 1+2
+    b = torch.tensor([0, 1, 2, 2])
+    assert free_scores((a, b), (), 4) is None
+    free = free_scores((a, b), [2], 4)
+    assert free.tolist() == [[False, False, True, False], [False, False, True, False],
+                             [False] * 4, [False] * 4]
+
+
+def test_a_free_class_takes_no_distillation_gradient_and_the_others_keep_their_ratios():
+    """With class 2 free, its student logit gets no gradient from the distillation; the
+    loss is the plain distillation over the other classes, so it is zero when the student
+    matches the teacher on them whatever either says of class 2."""
+    teacher = torch.tensor([[3.0, 1.0, 2.5, 0.0]])
+    free = torch.tensor([[False, False, True, False]])
+    student = torch.tensor([[3.0, 1.0, -4.0, 0.0]], requires_grad=True)
+    loss = _kd(student, teacher, KD_TEMPERATURE, free)
+    loss.backward()
+    assert abs(loss.item()) < 1e-6 and student.grad[0, 2].item() == 0.0
+    plain = _kd(student, teacher, KD_TEMPERATURE)
+    assert plain.item() > 0.1   # without it, class 2's gap is a real loss
+    others = [0, 1, 3]
+    shifted = torch.tensor([[2.0, 1.5, 9.0, 0.0]], requires_grad=True)
+    masked = _kd(shifted, teacher, KD_TEMPERATURE, free)
+    reduced = _kd(shifted[:, others], teacher[:, others], KD_TEMPERATURE)
+    assert torch.allclose(masked, reduced, atol=1e-5)
