@@ -261,6 +261,9 @@ def _wide_command(d: dict, name: str) -> str:
     return "python bench/wide_zoo.py " + " ".join(shlex.quote(a) for a in out)
 
 
+WIDE_SIZES = {"digits": "digits", "mnist": "MNIST-size", "cifar10": "CIFAR-10"}
+
+
 def wide_zoo(d: dict, title: str, name: str) -> str:
     """Pass rates of a bench/wide_zoo.py run, overall and per scheme, size and architecture."""
     s = d["summary"]
@@ -540,8 +543,13 @@ def render() -> str:
     for path in sorted(RESULTS.glob("wide_zoo*.json"), key=lambda p: (p.stem.startswith("wide_zoo_dev"), p.stem)):
         d = load(path.name)
         given = (d.get("launder_overrides") or {}).get("set") or []
+        req = d.get("requested") or {}
+        counts = ", ".join(f"{n} {WIDE_SIZES.get(size, size)}" for size, n in req.items() if n)
+        # NAME_base.json: the default settings on the zoo build NAME.json's run used
+        pair = path.stem.removesuffix("_base") if path.stem.endswith("_base") else None
+        what = ", ".join(given) if given else f"default settings, the zoo build of {pair}.json" if pair else ""
         title = ("Wide zoo, " + ("held-out" if d["split"] == "heldout" else "dev") + " split"
-                 + (f" ({', '.join(given)})" if given else ""))
+                 + (f", {counts}" if counts else "") + (f" ({what})" if what else ""))
         out.append(wide_zoo(d, title, path.name))
     d = load("exporters.json")
     if d:
