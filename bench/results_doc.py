@@ -546,8 +546,9 @@ def render() -> str:
         req = d.get("requested") or {}
         counts = ", ".join(f"{n} {WIDE_SIZES.get(size, size)}" for size, n in req.items() if n)
         # NAME_base.json: the default settings on the zoo build NAME.json's run used
-        pair = path.stem.removesuffix("_base") if path.stem.endswith("_base") else None
-        what = ", ".join(given) if given else f"default settings, the zoo build of {pair}.json" if pair else ""
+        pair = path.stem.removesuffix("_base")
+        what = ", ".join(given) or (f"default settings, the zoo build of {pair}.json"
+                                    if pair != path.stem else "")
         title = ("Wide zoo, " + ("held-out" if d["split"] == "heldout" else "dev") + " split"
                  + (f", {counts}" if counts else "") + (f" ({what})" if what else ""))
         out.append(wide_zoo(d, title, path.name))
