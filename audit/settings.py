@@ -108,10 +108,10 @@ class RetrainConfig:
                            "the original model (keeps clean accuracy), or the previous round's "
                            "model (removes more of a watermark, at a cost in clean accuracy; "
                            "docs/method.md).", choices=TEACHERS)
-    suspect_scores: str = setting("teacher", "The suspect classes' scores in the distillation on "
-                                  "images of other classes: the teacher's, or free (left out of "
-                                  "the distillation: a watermarked teacher's scores for its target "
-                                  "carry the mark; docs/method.md).", choices=SUSPECT_SCORES)
+    suspect_scores: str = setting("free", "The suspect classes' scores in the distillation on "
+                                  "images of other classes: free (left out of the distillation: "
+                                  "a watermarked teacher's scores for its target carry the mark; "
+                                  "docs/method.md), or the teacher's.", choices=SUSPECT_SCORES)
     mixup: float = setting(0.5, "Share of the clean images of a batch also distilled as mixup "
                            "blends of two of them: the teacher's scores between classes carry "
                            "what a few hundred hard labels cannot.", min=0)

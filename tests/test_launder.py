@@ -406,9 +406,9 @@ def test_teacher_of_later_rounds(zoo, teacher):
 
 @pytest.mark.parametrize("scores", ["teacher", "free"])
 def test_suspect_scores_reach_the_retraining(zoo, scores, monkeypatch):
-    """retrain.suspect_scores "free" hands the round's suspects (the used trigger's class) to
-    the retraining, whose distillation leaves their scores out (docs/method.md); the default
-    hands none."""
+    """retrain.suspect_scores "free" (the default) hands the round's suspects (the used
+    trigger's class) to the retraining, whose distillation leaves their scores out
+    (docs/method.md); "teacher" hands none."""
     import audit.launder as launder_mod
     from audit.launder import LaunderConfig, Launderer
     from audit.nc import NCConfig
@@ -429,6 +429,7 @@ def test_suspect_scores_reach_the_retraining(zoo, scores, monkeypatch):
     used = res.rounds[0].triggers_used
     assert used and seen
     assert seen[-1] == (sorted(used) if scores == "free" else [])
+    assert RetrainConfig().suspect_scores == "free"
 
 
 def test_api_refuses_labels_outside_the_model(zoo):
