@@ -61,8 +61,9 @@ from .wide_marks import (
 )
 from .wide_nets import ARCHS, make_net
 
-__all__ = ["ACCEPT", "BUDGET_S", "COST_MS", "SIZES", "SPLITS", "Draw", "WideEntry",
-           "build_draw", "draws", "judge", "launder_draw", "launder_entry", "make_draw"]
+__all__ = ["ACCEPT", "BUDGET_S", "CONTROL_SEED_OFFSET", "COST_MS", "SIZES", "SPLITS", "Draw",
+           "WideEntry", "build_draw", "control_draw", "draws", "judge", "launder_draw",
+           "launder_entry", "make_draw"]
 
 log = logging.getLogger(__name__)
 
@@ -521,12 +522,38 @@ def _launder_figures(res, seconds: float, per_round: dict[int, dict]) -> dict[st
             "subset_accuracy_after": res.subset_accuracy_after, "seconds": round(seconds, 1)}
 
 
+def _compare(entry: WideEntry, after: Path, device: str) -> dict[str, Any]:
+    """Watermark and test accuracy (onnxruntime) of the draw's watermarked model and of
+    ``after``, and `audit verify`'s verdict on each against the twin: the figures judge reads."""
+    from audit import api
+    from audit.data import load_dataset
+
+    d = entry.draw
+    geo = {"channels": d.channels, "height": d.input_hw, "width": d.input_hw, "num_classes": 10}
+    trig = load_dataset(entry.triggers, **geo)
+    test = load_dataset(entry.data_dir / "test.npz", **geo)
+    pp = Preprocess(**entry.meta["preprocess"])
+    wm, van = entry.watermarked, entry.vanilla
+    acc = lambda path: evaluate_onnx(path, test.x, test.y, pp)     # noqa: E731
+    verify = lambda path: api.verify(path, trig, vanilla=van, alpha=ACCEPT["alpha"],  # noqa: E731
+                                     preprocess=pp, device=device)
+    # the verdicts carry the trigger-set accuracies (the twin's as its hits)
+    before, now = verify(wm), verify(after)
+    return {"wm_acc_before": before.watermark_accuracy, "wm_acc_after": now.watermark_accuracy,
+            "vanilla_wm_acc": before.vanilla_hits / before.n, "test_acc_before": acc(wm),
+            "test_acc_after": acc(after), "vanilla_test_acc": acc(van),
+            "verify_before": _verdict(before), "verify_after": _verdict(now),
+            "n_trigger": len(trig), "n_test": len(test)}
+
+
 def launder_entry(entry: WideEntry, cfg, out: str | Path) -> dict[str, Any]:
     """Launder a built draw's watermarked model to ``out`` with LaunderConfig ``cfg`` (on
     ``cfg.device``) from its stratified subset; watermark and test accuracy (onnxruntime) and
     `audit verify`'s verdict against the twin, before and after, and what laundering did."""
     from audit import api
     from audit.data import load_dataset
+    from audit.graphs import runtime
+    from audit.methods.base import torch_accuracy
 
     d = entry.draw
     geo = {"channels": d.channels, "height": d.input_hw, "width": d.input_hw, "num_classes": 10}
@@ -534,13 +561,7 @@ def launder_entry(entry: WideEntry, cfg, out: str | Path) -> dict[str, Any]:
     sub = load_dataset(entry.data_dir / "train.npz", **geo)
     test = load_dataset(entry.data_dir / "test.npz", **geo)
     pp = Preprocess(**entry.meta["preprocess"])
-    wm, van, out = entry.watermarked, entry.vanilla, Path(out)
-    acc = lambda path: evaluate_onnx(path, test.x, test.y, pp)     # noqa: E731
-    verify = lambda path: api.verify(path, trig, vanilla=van, alpha=ACCEPT["alpha"],  # noqa: E731
-                                     preprocess=pp, device=cfg.device)
-    from audit.graphs import runtime
-    from audit.methods.base import torch_accuracy
-
+    out = Path(out)
     per_round: dict[int, dict] = {}
     dev = runtime.torch_device(cfg.device)    # where the launder runs the module
 
@@ -551,21 +572,18 @@ def launder_entry(entry: WideEntry, cfg, out: str | Path) -> dict[str, Any]:
             "subset_acc": round(result.subset_accuracy, 4)}
 
     t = time.perf_counter()
-    res = api.launder(wm, sub, out, preprocess=pp, config=cfg, device=cfg.device,
+    res = api.launder(entry.watermarked, sub, out, preprocess=pp, config=cfg, device=cfg.device,
                       on_round=on_round)
     seconds = time.perf_counter() - t
-    # the verdicts carry the trigger-set accuracies (the twin's as its hits)
-    before, after = verify(wm), verify(out)
+    row = _compare(entry, out, cfg.device)
     sink = next((r.sink_class for r in res.rounds if r.round == res.best_round), None)
-    return {"wm_acc_before": before.watermark_accuracy, "wm_acc_after": after.watermark_accuracy,
-            "vanilla_wm_acc": before.vanilla_hits / before.n, "test_acc_before": acc(wm),
-            "test_acc_after": acc(out), "vanilla_test_acc": acc(van),
-            "verify_before": _verdict(before), "verify_after": _verdict(after),
-            "subset_size": len(sub), "n_trigger": len(trig), "n_test": len(test),
-            # the agreement with the trigger labels of a model that sends every trigger image
-            # to the kept round's sink class (what laundering does to an Adi set)
-            "sink_label_share": None if sink is None else round(float(np.mean(trig.y == sink)), 4),
-            "launder": _launder_figures(res, seconds, per_round)}
+    row.update({
+        "subset_size": len(sub),
+        # the agreement with the trigger labels of a model that sends every trigger image
+        # to the kept round's sink class (what laundering does to an Adi set)
+        "sink_label_share": None if sink is None else round(float(np.mean(trig.y == sink)), 4),
+        "launder": _launder_figures(res, seconds, per_round)})
+    return row
 
 
 def judge(r: dict[str, Any]) -> dict[str, Any]:
@@ -593,3 +611,36 @@ def launder_draw(draw: Draw, cache_dir: str | Path, cfg) -> dict[str, Any]:
             row.update(launder_entry(entry, cfg, Path(tmp) / "laundered.onnx"))
     row.update(judge(row))
     return row
+
+
+# ------------------------------------------------------------------------------------------
+# the acceptance rule applied to clean models
+
+#: the clean control's training seed is the twin's plus this: another, independent training run
+CONTROL_SEED_OFFSET = 7919
+
+
+def control_draw(draw: Draw, cache_dir: str | Path, *, offset: int = CONTROL_SEED_OFFSET,
+                 data_root: str | Path | None = None) -> dict[str, Any]:
+    """Judge a clean model as a laundered one is judged: the draw's twin retrained with the
+    training seed + ``offset`` (same data, architecture, recipe and exporter; it never saw the
+    trigger set), scored against the twin by launder_entry's figures and judge's rule. The
+    share of draws such a model passes is what the rule grants a model with no watermark at
+    all. Builds the draw (cached) and the clean model (cached with the twins, under its own
+    twin key); one torch thread."""
+    from dataclasses import replace
+
+    with torch_threads(1):
+        entry = build_draw(draw, cache_dir, data_root=data_root)
+        clean = replace(draw, train_seed=draw.train_seed + offset)
+        t = time.perf_counter()
+        path, meta, built = _twin(clean, Path(cache_dir), _data(draw, data_root),
+                                  device="cpu", quiet=True, threads=1)
+        row: dict[str, Any] = {"clean_model": {"twin_key": clean.twin_key,
+                                               "train_seed": clean.train_seed,
+                                               "built_now": built, "train_s": meta["train_s"],
+                                               "seconds": round(time.perf_counter() - t, 1)}}
+        row.update(_compare(entry, path, "cpu"))
+    row.update(judge(row))
+    return row
+

@@ -18,7 +18,15 @@ from audit.data import load_dataset
 from audit.errors import AuditError
 from audit.models_zoo.train import torch_threads
 from audit.models_zoo.watermarks import SCHEMES, quantize_u8
-from audit.models_zoo.wide import SIZES, build_draw, draws, make_draw
+from audit.models_zoo.wide import (
+    ACCEPT,
+    CONTROL_SEED_OFFSET,
+    SIZES,
+    build_draw,
+    control_draw,
+    draws,
+    make_draw,
+)
 from audit.models_zoo.wide_marks import (
     FONTS,
     MARK_KINDS,
@@ -269,6 +277,29 @@ def test_build_draw_cached(built, cache):
     again = build_draw(make_draw(BUILD_SEED, "digits"), cache)
     assert time.perf_counter() - t < 1.0
     assert not again.built and again.meta == entry.meta and _snapshot(cache) == before
+
+
+def test_control_draw_judges_a_clean_model(built, cache):
+    """The clean control: the twin retrained with another seed, judged against the twin by
+    the laundering acceptance rule (bench/wide_control.py)."""
+    entry, _ = built
+    d = entry.draw
+    row = control_draw(d, cache)
+    clean = row["clean_model"]
+    assert clean["train_seed"] == d.train_seed + CONTROL_SEED_OFFSET and clean["built_now"]
+    path = cache / "twins" / clean["twin_key"] / "vanilla.onnx"
+    assert clean["twin_key"] != d.twin_key and path.read_bytes() != entry.vanilla.read_bytes()
+    # the watermarked model before, the clean model after: it never saw the trigger set
+    assert row["wm_acc_before"] == pytest.approx(entry.meta["wm_acc"]["watermarked"])
+    assert row["vanilla_wm_acc"] == pytest.approx(entry.meta["wm_acc"]["vanilla"])
+    assert row["embedded"] and row["wm_acc_after"] <= 0.15
+    assert row["test_acc_after"] >= 0.9 and abs(row["test_drop"]) <= 0.05
+    assert row["pass"] == (row["wm_acc_after"] <= row["vanilla_wm_acc"] + ACCEPT["wm_margin"]
+                           and not row["verify_after"]["demonstrated"])
+    again = control_draw(d, cache)
+    assert not again["clean_model"]["built_now"]
+    assert {k: v for k, v in again.items() if k != "clean_model"} == \
+        {k: v for k, v in row.items() if k != "clean_model"}
 
 
 def test_dynamo_draw_deterministic(tmp_path):

@@ -1,0 +1,182 @@
+"""The wide zoo's acceptance rule applied to clean models (models_zoo/wide.py: control_draw).
+
+For each draw of the split, the draw's vanilla twin is trained again with another seed (same
+data, architecture, recipe; it never saw the trigger set) and judged exactly as
+bench/wide_zoo.py judges a laundered model: it passes when `audit verify` (binomial test
+against the twin, alpha 0.01) does not demonstrate the watermark on it and its watermark
+accuracy is at most the twin's + 0.02. A clean model is what perfect laundering could at best
+produce, so the share of draws it passes is the most the rule lets any laundering reach; its
+test-accuracy difference to the watermarked model ("test_drop") shows how far two training
+runs of one recipe lie apart on the draw's test set.
+
+Draws whose watermarked model does not demonstrate its own watermark are left out of the pass
+rates, as in bench/wide_zoo.py. Results go to --out (bench/results/wide_control.json for the
+held-out split, wide_control_dev.json for dev) after every draw, atomically; a rerun with the
+same split keeps the rows it finds (same draw, no error).
+
+Usage: python bench/wide_control.py --split heldout --digits 80 [--mnist M] [--zoo DIR]
+       [--out FILE] [--workers N] [--fresh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import common  # noqa: E402
+from wide_zoo import SIZES, _mark_summary, _rate, fail  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--split", choices=("dev", "heldout"), required=True)
+    for size in SIZES:
+        ap.add_argument(f"--{size}", type=int, default=0, metavar="N",
+                        help=f"number of {size} draws (default 0)")
+    ap.add_argument("--zoo", type=Path, default=common.ZOO_CACHE / "wide",
+                    help="zoo cache (default $AUDIT_BENCH_ZOO/wide)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results file (default bench/results/wide_control.json for the "
+                         "held-out split, bench/results/wide_control_dev.json for dev)")
+    ap.add_argument("--workers", type=int, default=1, help="draws run in parallel processes")
+    ap.add_argument("--fresh", action="store_true", help="ignore rows already in --out")
+    args = ap.parse_args(argv)
+    if args.workers < 1 or min(getattr(args, s) for s in SIZES) < 0:
+        ap.error("--workers must be at least 1 and draw counts at least 0")
+    if not any(getattr(args, s) for s in SIZES):
+        ap.error("nothing to do: give --digits, --mnist and/or --cifar10 a count")
+    if args.out is None:
+        name = "wide_control.json" if args.split == "heldout" else "wide_control_dev.json"
+        args.out = common.RESULTS / name
+    return args
+
+
+def _init_worker() -> None:
+    common.set_threads(1)
+
+
+def run_draw(size: str, seed: int, zoo: str, commit: str) -> dict:
+    """Build (cached) the draw and its clean model and judge it; a failure is a row with its
+    one-line error."""
+    from audit.errors import one_line
+    from audit.models_zoo.wide import control_draw, make_draw
+
+    d = make_draw(seed, size)
+    row = {"name": d.name, "size": size, "seed": seed, "split": d.split, "scheme": d.scheme,
+           "arch": d.arch, "input": f"{d.input_hw}x{d.input_hw}", "exporter": d.exporter,
+           "target": d.target, "watermark": _mark_summary(d.to_dict()), "draw": d.to_dict(),
+           "error": None}
+    t = time.perf_counter()
+    try:
+        row.update(control_draw(d, zoo))
+    except Exception as exc:   # recorded, the other draws go on
+        row.update(error=f"{type(exc).__name__}: {one_line(str(exc))}", **{"pass": False})
+    row.update(wall_s=round(time.perf_counter() - t, 1), commit=commit)
+    return row
+
+
+def summary(rows: list[dict]) -> dict:
+    """Pass rates (over draws whose watermark embedded) per scheme and size; the clean
+    model's test-accuracy difference to the watermarked model."""
+    ok = [r for r in rows if not r["error"]]
+    diffs = [abs(r["test_drop"]) for r in ok]
+    out = {"all": _rate(rows),
+           "test_diff_abs": {"median": round(statistics.median(diffs), 4) if diffs else None,
+                             "max": max(diffs) if diffs else None,
+                             "over_1pt": sum(v > 0.01 for v in diffs),
+                             "over_2pt": sum(v > 0.02 for v in diffs)}}
+    for key in ("scheme", "size"):
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(str(r[key]), []).append(r)
+        out[f"by_{key}"] = {k: _rate(v) for k, v in sorted(groups.items())}
+    out["errors"] = {r["name"]: r["error"] for r in rows if r["error"]}
+    return out
+
+
+def line(r: dict) -> str:
+    head = f"{r['name']:<12} {r['scheme']:<9} {r['arch']:<7} {r['input']:<6}"
+    if r["error"]:
+        return f"{head} ERROR {r['error']}"
+    return (f"{head} clean model wm {r['wm_acc_after']:.3f} (twin {r['vanilla_wm_acc']:.3f}, "
+            f"n {r['n_trigger']}) p {r['verify_after']['p_value']:.2g} test "
+            f"{r['test_acc_after']:.3f} (watermarked {r['test_acc_before']:.3f}) "
+            f"{'PASS' if r['pass'] else 'fail' if r['embedded'] else 'not embedded'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.mnist:
+        common.need_shared(common.MNIST_TRAIN, common.MNIST_TEST)
+    if args.cifar10:
+        common.need_shared(common.SHARED / "cifar10")
+    common.set_threads(1)
+    from audit.errors import AuditError
+    from audit.models_zoo.wide import ACCEPT, CONTROL_SEED_OFFSET, draws
+
+    try:
+        chosen = {d.name: d for s in SIZES if getattr(args, s)
+                  for d in draws(args.split, getattr(args, s), s)}
+    except AuditError as exc:
+        fail(str(exc))
+    todo = [(d.size, d.seed) for d in chosen.values()]
+    rows: dict[str, dict] = {}
+    if not args.fresh and args.out.is_file():
+        try:
+            old = json.loads(args.out.read_text())
+            if old.get("split") != args.split:
+                fail(f"{args.out} holds a run of another split; give another --out or --fresh")
+            rows = {r["name"]: r for r in old["rows"] if not r.get("error")
+                    and r["name"] in chosen and r["draw"] == chosen[r["name"]].to_dict()}
+        except (OSError, ValueError, KeyError, TypeError):
+            fail(f"{args.out}: not a results file of this bench; give another --out or --fresh")
+    machine, commit = common.machine(), common.commit()
+    left = [(s, seed) for s, seed in todo if f"{s}-{seed}" not in rows]
+    print(f"{len(todo)} draws, {len(todo) - len(left)} already done, {len(left)} to run",
+          flush=True)
+
+    def document() -> dict:
+        ordered = sorted(rows.values(), key=lambda r: (SIZES.index(r["size"]), r["seed"]))
+        return {"what": "wide zoo: each draw's twin retrained with another seed (a clean "
+                        "model) and judged by the laundering acceptance rule against the twin; "
+                        "pass = not demonstrated (binomial test vs the twin, alpha 0.01) and "
+                        "watermark accuracy <= the twin's + 0.02",
+                "split": args.split, "requested": {s: getattr(args, s) for s in SIZES},
+                "complete": len(ordered) == len(todo) and not any(r["error"] for r in ordered),
+                "seed_offset": CONTROL_SEED_OFFSET, "acceptance": ACCEPT,
+                "zoo": str(args.zoo), "argv": sys.argv[1:], "commit": commit,
+                "machine": machine, "summary": summary(ordered), "rows": ordered}
+
+    def on_row(r: dict) -> None:
+        rows[r["name"]] = r
+        print(line(r), flush=True)
+        common.write_json(args.out, document())
+
+    if args.workers == 1:
+        for size, seed in left:
+            on_row(run_draw(size, seed, str(args.zoo), commit))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker) as pool:
+            futs = [pool.submit(run_draw, size, seed, str(args.zoo), commit)
+                    for size, seed in left]
+            for f in as_completed(futs):
+                on_row(f.result())
+    doc = document()
+    common.write_json(args.out, doc)
+    print(json.dumps(doc["summary"]["all"]), json.dumps(doc["summary"]["test_diff_abs"]))
+    print(f"wrote {common.portable(str(args.out))}")
+
+
+if __name__ == "__main__":
+    main()
