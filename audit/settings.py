@@ -234,6 +234,11 @@ class DetectConfig:
         return NCConfig(anomaly_scale=self.anomaly_scale, **changes)
 
 
+#: settings whose default has changed: dotted key -> the former default. A results file made
+#: before the change ran with it, also where the file records no value (a run from before the
+#: setting existed); the benches' regenerating commands name it (bench/results_doc.py)
+FORMER_DEFAULTS: dict[str, object] = {"retrain.suspect_scores": "teacher"}
+
 #: former settings, now constants of the method: dotted key -> the value they are fixed at.
 #: A --config file may still name one with that value (an older file keeps loading); any other
 #: value is refused in one line. Why each is fixed: docs/method.md, "Constants".

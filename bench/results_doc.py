@@ -58,6 +58,30 @@ def machine_line(m: dict | None) -> str:
             f"onnxruntime {m.get('onnxruntime')}.")
 
 
+def _rerun(bench: str, cfg: dict, label: str | None = None) -> str:
+    """A laundering bench's command line for one stored configuration, as it reruns today:
+    its argv, plus --set for each setting whose default has changed since and that the run did
+    not name (its value then: the stored one, or the former default where none is stored),
+    plus its --label."""
+    sys.path.insert(0, str(REPO))
+    from audit.launder import LaunderConfig
+    from audit.settings import FORMER_DEFAULTS
+
+    def get(d: object, key: str, missing: object) -> object:
+        for part in key.split("."):
+            d = d.get(part, missing) if isinstance(d, dict) else missing
+        return d
+
+    argv, today = list(cfg["argv"]), LaunderConfig().to_dict()
+    for key, former in FORMER_DEFAULTS.items():
+        value = get(cfg.get("parameters"), key, former)
+        if value != get(today, key, None) and not any(a.startswith(key + "=") for a in argv):
+            argv += ["--set", f"{key}={json.dumps(value)}"]
+    if label not in (None, "default") and "--label" not in argv:
+        argv += ["--label", label]
+    return f"python bench/{bench} " + shlex.join(argv)
+
+
 def launder_mnist(d: dict) -> str:
     parts = []
     for _, cfg in sorted(d["configs"].items(), key=lambda kv: (kv[1]["seed"], kv[0])):
@@ -65,7 +89,7 @@ def launder_mnist(d: dict) -> str:
                  f"{pct(r['wm_acc_before'])} → {pct(r['wm_acc_after'])}", pct(r["vanilla_wm_acc"]),
                  f"{r['rounds_run']} ({r['best_round']})", f"{r['seconds']:.0f}", yes(r["pass"])]
                 for r in cfg["rows"]]
-        cmd = "python bench/launder_mnist.py " + shlex.join(cfg["argv"])
+        cmd = _rerun("launder_mnist.py", cfg)
         parts.append(section(
             f"Laundering MNIST watermarks, subset seed {cfg['seed']}", cmd.strip(), cfg.get("commit"),
             table(["scheme", "test acc % before → after", "wm acc % before → after",
@@ -82,7 +106,7 @@ def launder_badnets(d: dict) -> str:
         rows = [[str(r["seed"]), f"{pct(r['before']['clean_acc'])} → {pct(r['after']['clean_acc'])}",
                  f"{pct(r['before']['asr'])} → {pct(r['after']['asr'])}", str(r["best_round"]),
                  f"{r['seconds']:.0f}", yes(r["pass"])] for r in cfg["runs"]]
-        cmd = "python bench/launder_badnets.py " + shlex.join(cfg["argv"])
+        cmd = _rerun("launder_badnets.py", cfg, label)
         title = "Laundering BadNets-MNIST" + ("" if label == "default" else f" ({label})")
         parts.append(section(
             title, cmd.strip(), cfg.get("commit"),
@@ -245,16 +269,28 @@ def _rate(g: dict) -> str:
     return f"{g['pass']}/{g['embedded']}" + (f" ({g['errors']} errors)" if g.get("errors") else "")
 
 
+def _wide_settings(d: dict) -> list[str]:
+    """The --set items that give a wide-zoo run's laundering settings today (the run's own
+    --set / --config may name settings whose default has changed since)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from wide_zoo import overrides
+
+    return overrides(d["launder_config"])
+
+
 def _wide_command(d: dict, name: str) -> str:
-    """The run's command line, writing to bench/results/<name> (its default, or --out)."""
+    """The command that reruns a wide-zoo run today, writing to bench/results/<name> (its
+    default, or --out): its split, counts and workers, and its settings as --set items."""
     argv, out = list(d.get("argv", [])), []
     i = 0
     while i < len(argv):
-        if argv[i] == "--out":
+        if argv[i] in ("--out", "--set", "--config"):
             i += 2
             continue
         out.append(argv[i])
         i += 1
+    for item in _wide_settings(d):
+        out += ["--set", item]
     default = "wide_zoo.json" if d.get("split") == "heldout" else "wide_zoo_dev.json"
     if name != default:
         out += ["--out", f"bench/results/{name}"]
@@ -271,11 +307,7 @@ def wide_zoo(d: dict, title: str, name: str) -> str:
     for key, label in (("by_scheme", "scheme"), ("by_size", "size"), ("by_arch", "architecture"),
                        ("by_exporter", "exporter")):
         rows += [[f"{label} {name}", _rate(g)] for name, g in sorted(s.get(key, {}).items())]
-    overrides = d.get("launder_overrides") or {}
-    given = [f"`{v}`" for v in overrides.get("set") or []]
-    if overrides.get("config"):
-        given.insert(0, f"the settings of `{overrides['config']}`")
-    settings = ", ".join(given) or "the default settings"
+    settings = ", ".join(f"`{v}`" for v in _wide_settings(d)) or "the default settings"
     drop = s.get("test_drop") or {}
     note = (f"{d['split']} split, laundering with {settings}. A draw passes when the laundered "
             "model does not demonstrate ownership (`audit verify` against its twin, alpha 0.01) "
@@ -542,13 +574,14 @@ def render() -> str:
     out.append(probes(load("probe_memory.json"), load("probe_throughput.json")))
     for path in sorted(RESULTS.glob("wide_zoo*.json"), key=lambda p: (p.stem.startswith("wide_zoo_dev"), p.stem)):
         d = load(path.name)
-        given = (d.get("launder_overrides") or {}).get("set") or []
+        given = _wide_settings(d)
         req = d.get("requested") or {}
         counts = ", ".join(f"{n} {WIDE_SIZES.get(size, size)}" for size, n in req.items() if n)
-        # NAME_base.json: the default settings on the zoo build NAME.json's run used
+        # NAME_base.json: the run NAME.json is compared with, on the zoo build NAME.json used
         pair = path.stem.removesuffix("_base")
-        what = ", ".join(given) or (f"default settings, the zoo build of {pair}.json"
-                                    if pair != path.stem else "")
+        what = ", ".join(given) or ("default settings" if pair != path.stem else "")
+        if pair != path.stem:
+            what += f", the zoo build of {pair}.json"
         title = ("Wide zoo, " + ("held-out" if d["split"] == "heldout" else "dev") + " split"
                  + (f", {counts}" if counts else "") + (f" ({what})" if what else ""))
         out.append(wide_zoo(d, title, path.name))

@@ -193,12 +193,30 @@ def previous_rows(args: argparse.Namespace, cfg_dict: dict) -> dict[str, dict]:
     return {r["name"]: r for r in old.get("rows", []) if not r.get("error")}
 
 
-def _added_since(old, default):
-    """old with the keys of settings added after its run filled in with their defaults: a
-    setting is added with a default that keeps laundering as it was."""
+def _added_since(old, default, prefix: str = ""):
+    """old with the keys of settings added after its run filled in with what laundering did
+    before they existed: their default, or their former default where it has changed since
+    (audit.settings.FORMER_DEFAULTS)."""
+    from audit.settings import FORMER_DEFAULTS
+
     if not isinstance(old, dict) or not isinstance(default, dict) or not set(old) <= set(default):
         return old
-    return {k: _added_since(old[k], v) if k in old else v for k, v in default.items()}
+    return {k: _added_since(old[k], v, f"{prefix}{k}.") if k in old
+            else FORMER_DEFAULTS.get(prefix + k, v) for k, v in default.items()}
+
+
+def overrides(cfg_dict: dict) -> list[str]:
+    """The --set items that turn today's default settings into cfg_dict (a results file's
+    launder_config, its missing settings filled in by _added_since), in key order."""
+    def flat(d: dict, prefix: str = "") -> dict[str, object]:
+        out: dict[str, object] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    default = stored(_default_config())
+    have, want = flat(default), flat(_added_since(cfg_dict, default))
+    return [f"{k}={json.dumps(want[k])}" for k in sorted(want) if want[k] != have.get(k)]
 
 
 def document(args, cfg_dict: dict, rows: dict[str, dict], todo: list, machine: dict,

@@ -796,6 +796,32 @@ def test_wide_zoo_reuses_a_run_from_before_a_setting_was_added_only_at_its_defau
         wide.previous_rows(args, wide.stored(wide.launder_config(args)))
 
 
+def test_wide_zoo_reads_a_run_from_before_a_changed_default_with_its_old_value(tmp_path):
+    """A results file made before retrain.suspect_scores existed ran with "teacher" (the value
+    it was added with, its former default; audit.settings.FORMER_DEFAULTS), not today's default: a default run does not
+    resume it, a "teacher" run does, and its regenerating command names the setting."""
+    import json
+
+    from audit.settings import FORMER_DEFAULTS
+
+    wide = _bench_module("wide_zoo")
+    assert wide._default_config().retrain.suspect_scores != FORMER_DEFAULTS["retrain.suspect_scores"]
+    old = wide.stored(wide._default_config())
+    del old["retrain"]["suspect_scores"]
+    old["unlearn_eps"] = 0.0
+    assert wide.overrides(old) == ['retrain.suspect_scores="teacher"', "unlearn_eps=0.0"]
+    assert wide.overrides(wide.stored(wide._default_config())) == []
+    out = tmp_path / "wide.json"
+    out.write_text(json.dumps({"split": "dev", "launder_config": old,
+                               "rows": [{"name": "digits-1", "error": None}]}))
+    base = ["--split", "dev", "--digits", "1", "--out", str(out), "--set", "unlearn_eps=0"]
+    args = wide.parse_args(base)
+    with pytest.raises(SystemExit):
+        wide.previous_rows(args, wide.stored(wide.launder_config(args)))
+    args = wide.parse_args([*base, "--set", 'retrain.suspect_scores="teacher"'])
+    assert list(wide.previous_rows(args, wide.stored(wide.launder_config(args)))) == ["digits-1"]
+
+
 def test_missing_config_file_is_one_error_line(stub_launder, tmp_path, capsys):
     rc, _, err = _launder_stub(capsys, stub_launder, "--config", tmp_path / "none.toml")
     assert_one_error_line(rc, err, "none.toml", "cannot read")
