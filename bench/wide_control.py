@@ -15,7 +15,7 @@ held-out split, wide_control_dev.json for dev) after every draw, atomically; a r
 same split keeps the rows it finds (same draw, no error).
 
 Usage: python bench/wide_control.py --split heldout --digits 80 [--mnist M] [--zoo DIR]
-       [--out FILE] [--workers N] [--fresh]
+       [--out FILE] [--workers N] [--seed-offset K] [--fresh]
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="results file (default bench/results/wide_control.json for the "
                          "held-out split, bench/results/wide_control_dev.json for dev)")
     ap.add_argument("--workers", type=int, default=1, help="draws run in parallel processes")
+    ap.add_argument("--seed-offset", type=int, default=None,
+                    help="the clean model's training seed is the twin's plus this (default "
+                         "models_zoo.wide.CONTROL_SEED_OFFSET)")
     ap.add_argument("--fresh", action="store_true", help="ignore rows already in --out")
     args = ap.parse_args(argv)
     if args.workers < 1 or min(getattr(args, s) for s in SIZES) < 0:
@@ -62,7 +65,7 @@ def _init_worker() -> None:
     common.set_threads(1)
 
 
-def run_draw(size: str, seed: int, zoo: str, commit: str) -> dict:
+def run_draw(size: str, seed: int, zoo: str, commit: str, offset: int) -> dict:
     """Build (cached) the draw and its clean model and judge it; a failure is a row with its
     one-line error."""
     from audit.errors import one_line
@@ -75,7 +78,7 @@ def run_draw(size: str, seed: int, zoo: str, commit: str) -> dict:
            "error": None}
     t = time.perf_counter()
     try:
-        row.update(control_draw(d, zoo))
+        row.update(control_draw(d, zoo, offset=offset))
     except Exception as exc:   # recorded, the other draws go on
         row.update(error=f"{type(exc).__name__}: {one_line(str(exc))}", **{"pass": False})
     row.update(wall_s=round(time.perf_counter() - t, 1), commit=commit)
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     from audit.errors import AuditError
     from audit.models_zoo.wide import ACCEPT, CONTROL_SEED_OFFSET, draws
 
+    offset = CONTROL_SEED_OFFSET if args.seed_offset is None else args.seed_offset
+
     try:
         chosen = {d.name: d for s in SIZES if getattr(args, s)
                   for d in draws(args.split, getattr(args, s), s)}
@@ -131,8 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.fresh and args.out.is_file():
         try:
             old = json.loads(args.out.read_text())
-            if old.get("split") != args.split:
-                fail(f"{args.out} holds a run of another split; give another --out or --fresh")
+            if old.get("split") != args.split or old.get("seed_offset") != offset:
+                fail(f"{args.out} holds a run of another split or seed offset; give another "
+                     "--out or --fresh")
             rows = {r["name"]: r for r in old["rows"] if not r.get("error")
                     and r["name"] in chosen and r["draw"] == chosen[r["name"]].to_dict()}
         except (OSError, ValueError, KeyError, TypeError):
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                         "watermark accuracy <= the twin's + 0.02",
                 "split": args.split, "requested": {s: getattr(args, s) for s in SIZES},
                 "complete": len(ordered) == len(todo) and not any(r["error"] for r in ordered),
-                "seed_offset": CONTROL_SEED_OFFSET, "acceptance": ACCEPT,
+                "seed_offset": offset, "acceptance": ACCEPT,
                 "zoo": str(args.zoo), "argv": sys.argv[1:], "commit": commit,
                 "machine": machine, "summary": summary(ordered), "rows": ordered}
 
@@ -161,14 +167,14 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.workers == 1:
         for size, seed in left:
-            on_row(run_draw(size, seed, str(args.zoo), commit))
+            on_row(run_draw(size, seed, str(args.zoo), commit, offset))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"),
                                  initializer=_init_worker) as pool:
-            futs = [pool.submit(run_draw, size, seed, str(args.zoo), commit)
+            futs = [pool.submit(run_draw, size, seed, str(args.zoo), commit, offset)
                     for size, seed in left]
             for f in as_completed(futs):
                 on_row(f.result())

@@ -623,11 +623,11 @@ CONTROL_SEED_OFFSET = 7919
 def control_draw(draw: Draw, cache_dir: str | Path, *, offset: int = CONTROL_SEED_OFFSET,
                  data_root: str | Path | None = None) -> dict[str, Any]:
     """Judge a clean model as a laundered one is judged: the draw's twin retrained with the
-    training seed + ``offset`` (same data, architecture, recipe and exporter; it never saw the
-    trigger set), scored against the twin by launder_entry's figures and judge's rule. The
-    share of draws such a model passes is what the rule grants a model with no watermark at
-    all. Builds the draw (cached) and the clean model (cached with the twins, under its own
-    twin key); one torch thread."""
+    training seed + ``offset`` (same data, architecture and recipe, exported like the twin; it
+    never saw the trigger set), scored against the twin by launder_entry's figures and judge's
+    rule. The share of draws such a model passes is what the rule grants a model with no
+    watermark at all. Builds the draw (cached) and the clean model (cached with the twins,
+    under its own twin key: draws sharing a twin share it); one torch thread."""
     from dataclasses import replace
 
     with torch_threads(1):
