@@ -319,6 +319,33 @@ def wide_zoo(d: dict, title: str, name: str) -> str:
                    table(["draws", "passed"], rows), note)
 
 
+def wide_control(d: dict, title: str, name: str) -> str:
+    """Pass rates of bench/wide_control.py: clean models judged by the laundering rule."""
+    s = d["summary"]
+    rows = [["all", _rate(s["all"])]]
+    for key, label in (("by_scheme", "scheme"), ("by_size", "size")):
+        rows += [[f"{label} {k}", _rate(g)] for k, g in sorted(s.get(key, {}).items())]
+    ok = [r for r in d["rows"] if not r["error"] and r["embedded"]]
+    shown = [r for r in ok if r["verify_after"]["demonstrated"]]
+    diff = s.get("test_diff_abs") or {}
+    argv = [a for a in d.get("argv", []) if a != "--fresh"]
+    default = "wide_control.json" if d.get("split") == "heldout" else "wide_control_dev.json"
+    if "--out" not in argv and name != default:
+        argv += ["--out", f"bench/results/{name}"]
+    note = (f"{d['split']} split. Each draw's twin trained again with its training seed + "
+            f"{d.get('seed_offset')} (same data, architecture and recipe; it never saw the "
+            "trigger set), judged against the twin by the laundering rule: a pass when `audit "
+            "verify` (alpha 0.01) does not demonstrate the watermark on it and its watermark "
+            "accuracy is at most the twin's + 2 points; draws whose watermarked model does not "
+            f"demonstrate its own watermark are left out. Of the {len(ok)} counted, `verify` "
+            f"demonstrates the watermark on {len(shown)} of these clean models. Test-accuracy "
+            f"difference to the watermarked model: median {100 * diff.get('median', 0):.2f}, "
+            f"max {100 * diff.get('max', 0):.2f} points, {diff.get('over_2pt')} over 2 points. "
+            + machine_line(d.get("machine")))
+    return section(title, "python bench/wide_control.py " + " ".join(shlex.quote(a) for a in argv),
+                   (d.get("commit") or "")[:7], table(["draws", "clean model passes"], rows), note)
+
+
 def exporter_coverage(d: dict) -> str:
     """README table: one row per exporter path (exporter, version, opsets, architectures)."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -585,6 +612,14 @@ def render() -> str:
         title = ("Wide zoo, " + ("held-out" if d["split"] == "heldout" else "dev") + " split"
                  + (f", {counts}" if counts else "") + (f" ({what})" if what else ""))
         out.append(wide_zoo(d, title, path.name))
+    for path in sorted(RESULTS.glob("wide_control*.json"), key=lambda p: p.stem):
+        d = load(path.name)
+        req = d.get("requested") or {}
+        counts = ", ".join(f"{n} {WIDE_SIZES.get(size, size)}" for size, n in req.items() if n)
+        title = ("Clean models under the laundering rule, "
+                 + ("held-out" if d["split"] == "heldout" else "dev") + " split"
+                 + (f", {counts}" if counts else "") + f" (seed offset {d.get('seed_offset')})")
+        out.append(wide_control(d, title, path.name))
     d = load("exporters.json")
     if d:
         out.append(exporters(d))
