@@ -285,7 +285,12 @@ def _detection_split(ds: Dataset, max_images: int | None, seed: int, confirm: bo
 
 def verify(model, triggers, *, vanilla=None, null_rate: float | None = None, alpha: float = 0.01,
            preprocess: Preprocess | None = None, device: str = "auto"):
-    """Watermark accuracy of model on triggers vs the vanilla rate (one-sided binomial test)."""
+    """Watermark accuracy of model on triggers vs the vanilla rate (one-sided binomial test).
+
+    vanilla: a clean model of the same task (path or AuditModel), or a list of them; with
+    several, the highest of their rates on the triggers is the null rate: two clean models
+    disagree on out-of-distribution triggers, and one of them alone may sit far below another
+    (docs/method.md, "What the rule grants a clean model")."""
     from audit.errors import ModelError
     from audit.verify import verify_predictions
 
@@ -293,20 +298,28 @@ def verify(model, triggers, *, vanilla=None, null_rate: float | None = None, alp
     am = _model(model, device)
     trig = _data(am, triggers)
     pred = am.predict(trig.x, pp)
-    vanilla_hits = None
+    vanilla_hits, measured = None, None
     if vanilla is not None:
-        va = _model(vanilla, device)
-        a, b = am.info, va.info
-        if (a.channels, a.height, a.width) != (b.channels, b.height, b.width):
-            raise ModelError(f"vanilla model input {b.channels}x{b.height}x{b.width} differs from "
-                             f"the model's {a.channels}x{a.height}x{a.width}")
-        if a.num_classes != b.num_classes:
-            raise ModelError(f"vanilla model has {b.num_classes} classes, the model {a.num_classes}")
-        vanilla_hits = int((va.predict(trig.x, pp) == trig.y).sum())
-        rate, source = vanilla_hits / len(trig), f"model:{vanilla}"
+        many = vanilla if isinstance(vanilla, (list, tuple)) else [vanilla]
+        if not many:
+            raise ModelError("no vanilla model given")
+        measured = []
+        for v in many:
+            va = _model(v, device)
+            a, b = am.info, va.info
+            if (a.channels, a.height, a.width) != (b.channels, b.height, b.width):
+                raise ModelError(f"vanilla model input {b.channels}x{b.height}x{b.width} differs "
+                                 f"from the model's {a.channels}x{a.height}x{a.width}")
+            if a.num_classes != b.num_classes:
+                raise ModelError(f"vanilla model has {b.num_classes} classes, the model "
+                                 f"{a.num_classes}")
+            hits = int((va.predict(trig.x, pp) == trig.y).sum())
+            measured.append({"model": str(v), "hits": hits, "rate": hits / len(trig)})
+        top = max(measured, key=lambda m: m["hits"])     # the first of equal rates
+        vanilla_hits, rate, source = top["hits"], top["rate"], f"model:{top['model']}"
     elif null_rate is not None:
         rate, source = float(null_rate), "given"
     else:
         rate, source = 1.0 / am.info.num_classes, "chance"
     return verify_predictions(pred, trig.y, rate, alpha=alpha, vanilla_source=source,
-                              vanilla_hits=vanilla_hits)
+                              vanilla_hits=vanilla_hits, vanilla_models=measured)

@@ -21,6 +21,8 @@ class Verification:
     demonstrated: bool
     confusion: dict               # trigger label -> {predicted label: count}
     vanilla_hits: int | None = None
+    # every vanilla model measured: [{model, hits, rate}], the highest rate the one tested
+    vanilla_models: list | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,7 +39,8 @@ def effective_null_rate(rate: float, n: int) -> float:
 
 def verify_predictions(pred: np.ndarray, labels: np.ndarray, vanilla_rate: float, *,
                        alpha: float = 0.01, vanilla_source: str = "given",
-                       vanilla_hits: int | None = None) -> Verification:
+                       vanilla_hits: int | None = None,
+                       vanilla_models: list | None = None) -> Verification:
     n = int(len(labels))
     hits = int((pred == labels).sum())
     p0 = effective_null_rate(vanilla_rate, n)
@@ -50,4 +53,5 @@ def verify_predictions(pred: np.ndarray, labels: np.ndarray, vanilla_rate: float
                         vanilla_rate=float(vanilla_rate), vanilla_source=vanilla_source,
                         null_rate=p0, p_value=p_value, alpha=alpha,
                         demonstrated=bool(n and p_value < alpha and hits / n > p0),
-                        confusion=confusion, vanilla_hits=vanilla_hits)
+                        confusion=confusion, vanilla_hits=vanilla_hits,
+                        vanilla_models=vanilla_models)

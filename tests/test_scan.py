@@ -208,6 +208,10 @@ def test_a_pipe_is_refused_never_opened(tmp_path, capsys):
     ("max_images = -1", ["max_images must be an integer >= 0"]),
     ("[[models]]\ndata = 'x'", ["[[models]] table 1 needs a glob"]),
     ("[[models]]\nglob = '*'\n[[models.watermarks]]\nvanilla = 'v.onnx'", ["needs triggers"]),
+    ("[[models]]\nglob = '*'\n[[models.watermarks]]\ntriggers = 't'\nvanilla = []",
+     ["vanilla must be a path or a list of paths"]),
+    ("[[models]]\nglob = '*'\n[[models.watermarks]]\ntriggers = 't'\nvanilla = ['a', 1]",
+     ["vanilla must be a path or a list of paths"]),
     ("std = 0", ["std must be positive"]),
     ("data = [", ["not valid TOML"]),
 ])
@@ -219,6 +223,22 @@ def test_bad_policy_is_one_line_exit_2(tmp_path, capsys, text, words):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
     assert all(w in err for w in words), err
+
+
+def test_policy_vanilla_list_resolves_each_path(tmp_path):
+    """A watermark's vanilla may be a list of clean models (verify takes the highest of their
+    rates), each path relative to the policy file's folder."""
+    from audit.scan.policy import load_policy
+
+    pol = tmp_path / "policy.toml"
+    pol.write_text("[[models]]\nglob = '*'\n[[models.watermarks]]\ntriggers = 't'\n"
+                   "vanilla = ['a.onnx', 'b/c.onnx']\n")
+    wm = load_policy(str(pol)).for_model(tmp_path / "m.onnx").watermarks[0]
+    assert wm.vanilla == (str(tmp_path / "a.onnx"), str(tmp_path / "b" / "c.onnx"))
+    pol.write_text("[[models]]\nglob = '*'\n[[models.watermarks]]\ntriggers = 't'\n"
+                   "vanilla = 'a.onnx'\n")
+    assert load_policy(str(pol)).for_model(tmp_path / "m.onnx").watermarks[0].vanilla == \
+        str(tmp_path / "a.onnx")
 
 
 @pytest.fixture(scope="session")

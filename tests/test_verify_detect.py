@@ -141,6 +141,33 @@ def test_verify_watermarked_with_vanilla(zoo, capsys):
     assert d["confusion"]["0"].get("0", 0) == d["hits"]
 
 
+def test_verify_several_vanillas_take_the_highest_rate(zoo, capsys):
+    """--vanilla repeated: each clean model's hits are reported and the highest rate is the
+    null; a "clean" model that answers the watermark labels (here the watermarked model
+    itself) leaves nothing to demonstrate."""
+    e = zoo["entry"]
+    rc, one, err = cli_json(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                            "--vanilla", e.vanilla, "--device", "cpu")
+    assert rc == 0, err
+    assert one["vanilla_models"] == [{"model": str(e.vanilla), "hits": one["vanilla_hits"],
+                                      "rate": one["vanilla_rate"]}]
+    rc, two, err = cli_json(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                            "--vanilla", e.vanilla, "--vanilla", e.watermarked, "--device", "cpu")
+    assert rc == 1, err
+    assert [m["hits"] for m in two["vanilla_models"]] == [one["vanilla_hits"], one["hits"]]
+    assert two["vanilla_source"] == f"model:{e.watermarked}"
+    assert (two["vanilla_hits"], two["vanilla_rate"]) == (one["hits"], one["watermark_accuracy"])
+    assert two["demonstrated"] is False and two["p_value"] > 0.5
+    # the same clean model twice is the same test as once
+    rc, same, err = cli_json(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                             "--vanilla", e.vanilla, "--vanilla", e.vanilla, "--device", "cpu")
+    assert rc == 0 and same["p_value"] == one["p_value"]
+    assert same["vanilla_source"] == one["vanilla_source"] and len(same["vanilla_models"]) == 2
+    rc, out, err = cli(capsys, "verify", e.watermarked, "--triggers", e.triggers,
+                       "--vanilla", e.vanilla, "--vanilla", e.watermarked, "--device", "cpu")
+    assert rc == 1 and "the highest of 2 clean models" in out
+
+
 def test_verify_text_output_and_report_file(zoo, tmp_path, capsys):
     e = zoo["entry"]
     rep = tmp_path / "verify.json"

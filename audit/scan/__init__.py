@@ -69,7 +69,8 @@ class Scan:
                        if p is not None})
 
     def files(self) -> list[str]:
-        fs = {w.vanilla for j in self.jobs for w in j.policy.watermarks if w.vanilla}
+        fs = {v for j in self.jobs for w in j.policy.watermarks if w.vanilla
+              for v in ([w.vanilla] if isinstance(w.vanilla, str) else w.vanilla)}
         fs |= {j.policy.input_spec for j in self.jobs if j.policy.input_spec}
         return sorted(fs | ({self.policy.source} if self.policy.source else set()))
 

@@ -54,7 +54,7 @@ class Watermark:
     """A watermark to verify: its trigger set and the vanilla rate to test against."""
 
     triggers: str
-    vanilla: str | None = None
+    vanilla: str | tuple[str, ...] | None = None     # several: the highest rate is the null
     null_rate: float | None = None
     alpha: float = 0.01
     expect: str = "demonstrated"
@@ -108,6 +108,14 @@ def _text(v):
     return v
 
 
+def _texts(v):
+    if isinstance(v, list):
+        if not v:
+            raise ValueError
+        return tuple(_text(x) for x in v)
+    return _text(v)
+
+
 def _numbers(v):
     if isinstance(v, list):
         if not v:
@@ -145,7 +153,7 @@ MODEL_KEYS = {
 }
 WATERMARK_KEYS = {
     "triggers": (_text, "a path"),
-    "vanilla": (_text, "a path"),
+    "vanilla": (_texts, "a path or a list of paths"),
     "null_rate": (_number(0, 1), "a number in [0, 1]"),
     "alpha": (_number(0, 1, lo_open=True), "a number in (0, 1]"),
     "expect": (_choice(EXPECT), " or ".join(EXPECT)),
@@ -254,7 +262,8 @@ def _checked(table: dict, known: dict, root: Path, path: str, where: str) -> dic
         except ValueError:
             raise PolicyError(f"{path}: {where}: {key} must be {what}, got {value!r}") from None
         if key in PATH_KEYS:
-            value = str(root / value)
+            value = tuple(str(root / v) for v in value) if isinstance(value, tuple) \
+                else str(root / value)
         out[key] = value
     if "scale" in out or "mean" in out or "std" in out:
         try:
