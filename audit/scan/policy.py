@@ -14,7 +14,8 @@ Top-level keys apply to every model; each ``[[models]]`` table applies to the mo
 
     [[models.watermarks]]
     triggers = "wm/content/"        # the trigger set; its labels are the watermark labels
-    vanilla = "vanilla/mnist.onnx"  # or null_rate = 0.1
+    vanilla = "vanilla/mnist.onnx"  # or a list of clean models (the highest rate counts),
+                                    # or null_rate = 0.1
     expect = "demonstrated"         # the gate fails when ownership is not demonstrated
 
 A glob is matched against the model's path relative to the policy file's folder (its absolute
