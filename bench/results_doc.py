@@ -322,28 +322,46 @@ def wide_zoo(d: dict, title: str, name: str) -> str:
 def wide_control(d: dict, title: str, name: str) -> str:
     """Pass rates of bench/wide_control.py: clean models judged by the laundering rule."""
     s = d["summary"]
-    rows = [["all", _rate(s["all"])]]
+    ref = s.get("with_reference")
+    head = ["draws", "clean model passes"] + (["with the reference model"] if ref else [])
+    rows = [["all", _rate(s["all"])] + ([f"{ref['pass']}/{ref['embedded']}"] if ref else [])]
     for key, label in (("by_scheme", "scheme"), ("by_size", "size")):
-        rows += [[f"{label} {k}", _rate(g)] for k, g in sorted(s.get(key, {}).items())]
-    ok = [r for r in d["rows"] if not r["error"] and r["embedded"]]
-    shown = [r for r in ok if r["verify_after"]["demonstrated"]]
+        for k, g in sorted(s.get(key, {}).items()):
+            extra = [f"{ref['by_scheme'].get(k, 0)}/{g['embedded']}"] if ref and key == "by_scheme" \
+                else ([""] if ref else [])
+            rows.append([f"{label} {k}", _rate(g)] + extra)
+    shown = s.get("demonstrated") or {}
     diff = s.get("test_diff_abs") or {}
-    argv = [a for a in d.get("argv", []) if a != "--fresh"]
+    argv, i = [], 0
+    raw = [a for a in d.get("argv", []) if a != "--fresh"]
+    while i < len(raw):                  # the committed file's name, not the run's --out
+        if raw[i] == "--out":
+            i += 2
+            continue
+        argv.append(raw[i])
+        i += 1
     default = "wide_control.json" if d.get("split") == "heldout" else "wide_control_dev.json"
-    if "--out" not in argv and name != default:
+    if name != default:
         argv += ["--out", f"bench/results/{name}"]
     note = (f"{d['split']} split. Each draw's twin trained again with its training seed + "
             f"{d.get('seed_offset')} (same data, architecture and recipe; it never saw the "
             "trigger set), judged against the twin by the laundering rule: a pass when `audit "
             "verify` (alpha 0.01) does not demonstrate the watermark on it and its watermark "
             "accuracy is at most the twin's + 2 points; draws whose watermarked model does not "
-            f"demonstrate its own watermark are left out. Of the {len(ok)} counted, `verify` "
-            f"demonstrates the watermark on {len(shown)} of these clean models. Test-accuracy "
-            f"difference to the watermarked model: median {100 * diff.get('median', 0):.2f}, "
-            f"max {100 * diff.get('max', 0):.2f} points, {diff.get('over_2pt')} over 2 points. "
-            + machine_line(d.get("machine")))
+            f"demonstrate its own watermark are left out. `verify` demonstrates the watermark on "
+            f"{shown.get('clean')} of these clean models and on {shown.get('watermarked')} "
+            "watermarked ones.")
+    if ref:
+        note += (f" With a second clean model (seed offset {d.get('reference_offset')}) beside "
+                 "the twin as `verify`'s reference (`--vanilla TWIN --vanilla SECOND`, the higher "
+                 f"rate is the null): on {ref['demonstrated']['clean']} clean and "
+                 f"{ref['demonstrated']['watermarked']} watermarked models, and the rule's "
+                 "margin is over that rate.")
+    note += (f" Test-accuracy difference to the watermarked model: median "
+             f"{100 * diff.get('median', 0):.2f}, max {100 * diff.get('max', 0):.2f} points, "
+             f"{diff.get('over_2pt')} over 2 points. " + machine_line(d.get("machine")))
     return section(title, "python bench/wide_control.py " + " ".join(shlex.quote(a) for a in argv),
-                   (d.get("commit") or "")[:7], table(["draws", "clean model passes"], rows), note)
+                   (d.get("commit") or "")[:7], table(head, rows), note)
 
 
 def exporter_coverage(d: dict) -> str:

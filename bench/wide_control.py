@@ -14,8 +14,14 @@ rates, as in bench/wide_zoo.py. Results go to --out (bench/results/wide_control.
 held-out split, wide_control_dev.json for dev) after every draw, atomically; a rerun with the
 same split keeps the rows it finds (same draw, no error).
 
+With --reference-offset K each draw also gets a second clean model (seed offset K), and the
+clean model is judged again with `verify` against the twin and that model together (the higher
+of their rates is the null: `audit verify --vanilla A --vanilla B`); so is the watermarked
+model, which must still demonstrate its watermark (row["with_reference"], summary
+"with_reference").
+
 Usage: python bench/wide_control.py --split heldout --digits 80 [--mnist M] [--zoo DIR]
-       [--out FILE] [--workers N] [--seed-offset K] [--fresh]
+       [--out FILE] [--workers N] [--seed-offset K] [--reference-offset K2] [--fresh]
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed-offset", type=int, default=None,
                     help="the clean model's training seed is the twin's plus this (default "
                          "models_zoo.wide.CONTROL_SEED_OFFSET)")
+    ap.add_argument("--reference-offset", type=int, default=None,
+                    help="also verify against the twin and a second clean model (this seed "
+                         "offset): the higher of their rates is the null")
     ap.add_argument("--fresh", action="store_true", help="ignore rows already in --out")
     args = ap.parse_args(argv)
     if args.workers < 1 or min(getattr(args, s) for s in SIZES) < 0:
@@ -65,7 +74,8 @@ def _init_worker() -> None:
     common.set_threads(1)
 
 
-def run_draw(size: str, seed: int, zoo: str, commit: str, offset: int) -> dict:
+def run_draw(size: str, seed: int, zoo: str, commit: str, offset: int,
+             reference: int | None) -> dict:
     """Build (cached) the draw and its clean model and judge it; a failure is a row with its
     one-line error."""
     from audit.errors import one_line
@@ -78,7 +88,7 @@ def run_draw(size: str, seed: int, zoo: str, commit: str, offset: int) -> dict:
            "error": None}
     t = time.perf_counter()
     try:
-        row.update(control_draw(d, zoo, offset=offset))
+        row.update(control_draw(d, zoo, offset=offset, reference_offset=reference))
     except Exception as exc:   # recorded, the other draws go on
         row.update(error=f"{type(exc).__name__}: {one_line(str(exc))}", **{"pass": False})
     row.update(wall_s=round(time.perf_counter() - t, 1), commit=commit)
@@ -100,6 +110,17 @@ def summary(rows: list[dict]) -> dict:
         for r in rows:
             groups.setdefault(str(r[key]), []).append(r)
         out[f"by_{key}"] = {k: _rate(v) for k, v in sorted(groups.items())}
+    emb = [r for r in ok if r["embedded"]]
+    out["demonstrated"] = {"clean": sum(r["verify_after"]["demonstrated"] for r in emb),
+                           "watermarked": sum(r["verify_before"]["demonstrated"] for r in emb)}
+    if emb and all("with_reference" in r for r in emb):
+        ref = [r["with_reference"] for r in emb]
+        out["with_reference"] = {
+            "pass": sum(w["pass"] for w in ref), "embedded": len(emb),
+            "by_scheme": {s: sum(r["with_reference"]["pass"] for r in emb if r["scheme"] == s)
+                          for s in sorted({r["scheme"] for r in emb})},
+            "demonstrated": {"clean": sum(w["verify_after"]["demonstrated"] for w in ref),
+                             "watermarked": sum(w["verify_before"]["demonstrated"] for w in ref)}}
     out["errors"] = {r["name"]: r["error"] for r in rows if r["error"]}
     return out
 
@@ -136,8 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.fresh and args.out.is_file():
         try:
             old = json.loads(args.out.read_text())
-            if old.get("split") != args.split or old.get("seed_offset") != offset:
-                fail(f"{args.out} holds a run of another split or seed offset; give another "
+            if (old.get("split"), old.get("seed_offset"), old.get("reference_offset")) != \
+                    (args.split, offset, args.reference_offset):
+                fail(f"{args.out} holds a run of another split or seed offsets; give another "
                      "--out or --fresh")
             rows = {r["name"]: r for r in old["rows"] if not r.get("error")
                     and r["name"] in chosen and r["draw"] == chosen[r["name"]].to_dict()}
@@ -156,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
                         "watermark accuracy <= the twin's + 0.02",
                 "split": args.split, "requested": {s: getattr(args, s) for s in SIZES},
                 "complete": len(ordered) == len(todo) and not any(r["error"] for r in ordered),
-                "seed_offset": offset, "acceptance": ACCEPT,
+                "seed_offset": offset, "reference_offset": args.reference_offset,
+                "acceptance": ACCEPT,
                 "zoo": str(args.zoo), "argv": sys.argv[1:], "commit": commit,
                 "machine": machine, "summary": summary(ordered), "rows": ordered}
 
@@ -167,14 +190,15 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.workers == 1:
         for size, seed in left:
-            on_row(run_draw(size, seed, str(args.zoo), commit, offset))
+            on_row(run_draw(size, seed, str(args.zoo), commit, offset, args.reference_offset))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"),
                                  initializer=_init_worker) as pool:
-            futs = [pool.submit(run_draw, size, seed, str(args.zoo), commit, offset)
+            futs = [pool.submit(run_draw, size, seed, str(args.zoo), commit, offset,
+                                args.reference_offset)
                     for size, seed in left]
             for f in as_completed(futs):
                 on_row(f.result())

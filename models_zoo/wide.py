@@ -499,8 +499,11 @@ def build_draw(draw: Draw, cache_dir: str | Path, *, quiet: bool = True,
 
 
 def _verdict(v) -> dict[str, Any]:
-    return {"demonstrated": v.demonstrated, "p_value": v.p_value, "hits": v.hits, "n": v.n,
-            "watermark_accuracy": v.watermark_accuracy, "null_rate": v.null_rate}
+    out = {"demonstrated": v.demonstrated, "p_value": v.p_value, "hits": v.hits, "n": v.n,
+           "watermark_accuracy": v.watermark_accuracy, "null_rate": v.null_rate}
+    if v.vanilla_models and len(v.vanilla_models) > 1:
+        out["vanilla_models"] = v.vanilla_models
+    return out
 
 
 def _launder_figures(res, seconds: float, per_round: dict[int, dict]) -> dict[str, Any]:
@@ -522,9 +525,11 @@ def _launder_figures(res, seconds: float, per_round: dict[int, dict]) -> dict[st
             "subset_accuracy_after": res.subset_accuracy_after, "seconds": round(seconds, 1)}
 
 
-def _compare(entry: WideEntry, after: Path, device: str) -> dict[str, Any]:
+def _compare(entry: WideEntry, after: Path, device: str,
+             also: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Watermark and test accuracy (onnxruntime) of the draw's watermarked model and of
-    ``after``, and `audit verify`'s verdict on each against the twin: the figures judge reads."""
+    ``after``, and `audit verify`'s verdict on each against the twin (and the clean models in
+    ``also``: the highest rate of them all is the null): the figures judge reads."""
     from audit import api
     from audit.data import load_dataset
 
@@ -535,8 +540,8 @@ def _compare(entry: WideEntry, after: Path, device: str) -> dict[str, Any]:
     pp = Preprocess(**entry.meta["preprocess"])
     wm, van = entry.watermarked, entry.vanilla
     acc = lambda path: evaluate_onnx(path, test.x, test.y, pp)     # noqa: E731
-    verify = lambda path: api.verify(path, trig, vanilla=van, alpha=ACCEPT["alpha"],  # noqa: E731
-                                     preprocess=pp, device=device)
+    verify = lambda path: api.verify(path, trig, vanilla=[van, *also],  # noqa: E731
+                                     alpha=ACCEPT["alpha"], preprocess=pp, device=device)
     # the verdicts carry the trigger-set accuracies (the twin's as its hits)
     before, now = verify(wm), verify(after)
     return {"wm_acc_before": before.watermark_accuracy, "wm_acc_after": now.watermark_accuracy,
@@ -621,26 +626,41 @@ CONTROL_SEED_OFFSET = 7919
 
 
 def control_draw(draw: Draw, cache_dir: str | Path, *, offset: int = CONTROL_SEED_OFFSET,
+                 reference_offset: int | None = None,
                  data_root: str | Path | None = None) -> dict[str, Any]:
     """Judge a clean model as a laundered one is judged: the draw's twin retrained with the
     training seed + ``offset`` (same data, architecture and recipe, exported like the twin; it
     never saw the trigger set), scored against the twin by launder_entry's figures and judge's
     rule. The share of draws such a model passes is what the rule grants a model with no
-    watermark at all. Builds the draw (cached) and the clean model (cached with the twins,
-    under its own twin key: draws sharing a twin share it); one torch thread."""
+    watermark at all. With ``reference_offset``, a second clean model (that seed offset) joins
+    the twin as `verify`'s reference (the higher of their rates is the null) and the verdicts
+    against both are in ``with_reference``. Builds the draw (cached) and the clean models
+    (cached with the twins, under their own twin keys: draws sharing a twin share them); one
+    torch thread."""
     from dataclasses import replace
 
-    with torch_threads(1):
-        entry = build_draw(draw, cache_dir, data_root=data_root)
-        clean = replace(draw, train_seed=draw.train_seed + offset)
+    def clean_model(k: int) -> tuple[Path, dict[str, Any]]:
+        clean = replace(draw, train_seed=draw.train_seed + k)
         t = time.perf_counter()
         path, meta, built = _twin(clean, Path(cache_dir), _data(draw, data_root),
                                   device="cpu", quiet=True, threads=1)
-        row: dict[str, Any] = {"clean_model": {"twin_key": clean.twin_key,
-                                               "train_seed": clean.train_seed,
-                                               "built_now": built, "train_s": meta["train_s"],
-                                               "seconds": round(time.perf_counter() - t, 1)}}
-        row.update(_compare(entry, path, "cpu"))
+        return path, {"twin_key": clean.twin_key, "train_seed": clean.train_seed,
+                      "built_now": built, "train_s": meta["train_s"],
+                      "seconds": round(time.perf_counter() - t, 1)}
+
+    with torch_threads(1):
+        entry = build_draw(draw, cache_dir, data_root=data_root)
+        path, about = clean_model(offset)
+        row: dict[str, Any] = {"clean_model": about, **_compare(entry, path, "cpu")}
+        if reference_offset is not None:
+            ref, ref_about = clean_model(reference_offset)
+            both = _compare(entry, path, "cpu", also=(ref,))
+            row["with_reference"] = {"reference_model": ref_about,
+                                     "vanilla_wm_acc": max(m["rate"] for m in
+                                                           both["verify_before"]["vanilla_models"]),
+                                     **{k: both[k] for k in ("verify_before", "verify_after")}}
+            row["with_reference"].update(
+                {k: v for k, v in judge({**both, **row["with_reference"]}).items()
+                 if k in ("embedded", "pass_wm", "not_demonstrated", "pass")})
     row.update(judge(row))
     return row
-

@@ -300,6 +300,20 @@ def test_control_draw_judges_a_clean_model(built, cache):
     assert not again["clean_model"]["built_now"]
     assert {k: v for k, v in again.items() if k != "clean_model"} == \
         {k: v for k, v in row.items() if k != "clean_model"}
+    # the twin as its own reference (offset 0) changes nothing
+    same = control_draw(d, cache, reference_offset=0)["with_reference"]
+    assert same["reference_model"]["twin_key"] == d.twin_key
+    assert same["vanilla_wm_acc"] == row["vanilla_wm_acc"]
+    for k in ("verify_before", "verify_after"):
+        assert {**same[k], "vanilla_models": None} == {**row[k], "vanilla_models": None}
+    assert same["pass"] == row["pass"]
+    # a second clean model as the reference: the higher rate of the two is the null
+    ref = control_draw(d, cache, reference_offset=2 * CONTROL_SEED_OFFSET)["with_reference"]
+    rates = [m["rate"] for m in ref["verify_after"]["vanilla_models"]]
+    assert rates[0] == pytest.approx(row["vanilla_wm_acc"]) and len(rates) == 2
+    assert ref["vanilla_wm_acc"] == max(rates)
+    assert ref["verify_after"]["p_value"] >= row["verify_after"]["p_value"]
+    assert ref["verify_before"]["demonstrated"] and ref["embedded"]
 
 
 def test_dynamo_draw_deterministic(tmp_path):
