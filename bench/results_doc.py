@@ -319,6 +319,33 @@ def wide_zoo(d: dict, title: str, name: str) -> str:
                    table(["draws", "passed"], rows), note)
 
 
+def _laundered_against_reference(d: dict) -> str:
+    """The wide-zoo run of the same split judged with the control's reference: the laundered
+    models' trigger hits against the higher of the twin's and the second clean model's rates."""
+    from scipy.stats import binomtest
+
+    name = "wide_zoo.json" if d["split"] == "heldout" else "wide_zoo_dev.json"
+    laundered = load(name)
+    if not laundered:
+        return ""
+    rows = {r["name"]: r for r in laundered["rows"] if not r["error"]}
+    judged = []
+    for c in d["rows"]:
+        r = rows.get(c["name"])
+        if c["error"] or not c["embedded"] or r is None or not r["embedded"] \
+                or r["draw"] != c["draw"]:
+            continue
+        n, hits = r["verify_after"]["n"], r["verify_after"]["hits"]
+        rate = c["with_reference"]["vanilla_wm_acc"]
+        null = min(max(rate, 1 / (2 * n)), 1 - 1 / (2 * n))
+        shown = binomtest(hits, n, null, alternative="greater").pvalue < d["acceptance"]["alpha"]
+        judged.append(hits / n <= rate + d["acceptance"]["wm_margin"] and not shown)
+    if not judged:
+        return ""
+    return (f" Judged the same way, the laundered models of the {name} run pass on "
+            f"{sum(judged)} of these {len(judged)} draws.")
+
+
 def wide_control(d: dict, title: str, name: str) -> str:
     """Pass rates of bench/wide_control.py: clean models judged by the laundering rule."""
     s = d["summary"]
@@ -356,7 +383,7 @@ def wide_control(d: dict, title: str, name: str) -> str:
                  "the twin as `verify`'s reference (`--vanilla TWIN --vanilla SECOND`, the higher "
                  f"rate is the null): on {ref['demonstrated']['clean']} clean and "
                  f"{ref['demonstrated']['watermarked']} watermarked models, and the rule's "
-                 "margin is over that rate.")
+                 "margin is over that rate." + _laundered_against_reference(d))
     note += (f" Test-accuracy difference to the watermarked model: median "
              f"{100 * diff.get('median', 0):.2f}, max {100 * diff.get('max', 0):.2f} points, "
              f"{diff.get('over_2pt')} over 2 points. " + machine_line(d.get("machine")))
