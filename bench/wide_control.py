@@ -37,21 +37,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
-from wide_zoo import SIZES, _mark_summary, _rate, fail  # noqa: E402
+from wide_zoo import (  # noqa: E402
+    SIZES,
+    _mark_summary,
+    _rate,
+    check_draw_args,
+    draw_parser,
+    fail,
+    run_pool,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--split", choices=("dev", "heldout"), required=True)
-    for size in SIZES:
-        ap.add_argument(f"--{size}", type=int, default=0, metavar="N",
-                        help=f"number of {size} draws (default 0)")
-    ap.add_argument("--zoo", type=Path, default=common.ZOO_CACHE / "wide",
-                    help="zoo cache (default $AUDIT_BENCH_ZOO/wide)")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="results file (default bench/results/wide_control.json for the "
-                         "held-out split, bench/results/wide_control_dev.json for dev)")
-    ap.add_argument("--workers", type=int, default=1, help="draws run in parallel processes")
+    ap = draw_parser(__doc__, "wide_control")
     ap.add_argument("--seed-offset", type=int, default=None,
                     help="the clean model's training seed is the twin's plus this (default "
                          "models_zoo.wide.CONTROL_SEED_OFFSET)")
@@ -60,18 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "offset): the higher of their rates is the null")
     ap.add_argument("--fresh", action="store_true", help="ignore rows already in --out")
     args = ap.parse_args(argv)
-    if args.workers < 1 or min(getattr(args, s) for s in SIZES) < 0:
-        ap.error("--workers must be at least 1 and draw counts at least 0")
-    if not any(getattr(args, s) for s in SIZES):
-        ap.error("nothing to do: give --digits, --mnist and/or --cifar10 a count")
-    if args.out is None:
-        name = "wide_control.json" if args.split == "heldout" else "wide_control_dev.json"
-        args.out = common.RESULTS / name
+    check_draw_args(ap, args, "wide_control")
     return args
-
-
-def _init_worker() -> None:
-    common.set_threads(1)
 
 
 def run_draw(size: str, seed: int, zoo: str, commit: str, offset: int,
@@ -188,20 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         print(line(r), flush=True)
         common.write_json(args.out, document())
 
-    if args.workers == 1:
-        for size, seed in left:
-            on_row(run_draw(size, seed, str(args.zoo), commit, offset, args.reference_offset))
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker) as pool:
-            futs = [pool.submit(run_draw, size, seed, str(args.zoo), commit, offset,
-                                args.reference_offset)
-                    for size, seed in left]
-            for f in as_completed(futs):
-                on_row(f.result())
+    run_pool(run_draw, [(size, seed, str(args.zoo), commit, offset, args.reference_offset)
+                        for size, seed in left], args.workers, on_row)
     doc = document()
     common.write_json(args.out, doc)
     print(json.dumps(doc["summary"]["all"]), json.dumps(doc["summary"]["test_diff_abs"]))

@@ -42,8 +42,10 @@ import common  # noqa: E402
 SIZES = ("digits", "mnist", "cifar10")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def draw_parser(doc: str, stem: str) -> argparse.ArgumentParser:
+    """The options of a bench over wide-zoo draws: split, draw counts, zoo, results file
+    (bench/results/<stem>.json for the held-out split, <stem>_dev.json for dev), workers."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--split", choices=("dev", "heldout"), required=True)
     for size in SIZES:
         ap.add_argument(f"--{size}", type=int, default=0, metavar="N",
@@ -51,21 +53,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--zoo", type=Path, default=common.ZOO_CACHE / "wide",
                     help="zoo cache (default $AUDIT_BENCH_ZOO/wide)")
     ap.add_argument("--out", type=Path, default=None,
-                    help="results file (default bench/results/wide_zoo.json for the held-out "
-                         "split, bench/results/wide_zoo_dev.json for dev)")
+                    help=f"results file (default bench/results/{stem}.json for the held-out "
+                         f"split, bench/results/{stem}_dev.json for dev)")
     ap.add_argument("--workers", type=int, default=1, help="draws run in parallel processes")
+    return ap
+
+
+def check_draw_args(ap: argparse.ArgumentParser, args: argparse.Namespace, stem: str) -> None:
+    """draw_parser's checks, and the default results file."""
+    if args.workers < 1 or min(getattr(args, s) for s in SIZES) < 0:
+        ap.error("--workers must be at least 1 and draw counts at least 0")
+    if not any(getattr(args, s) for s in SIZES):
+        ap.error("nothing to do: give --digits, --mnist and/or --cifar10 a count")
+    if args.out is None:
+        args.out = common.RESULTS / (f"{stem}.json" if args.split == "heldout" else f"{stem}_dev.json")
+
+
+def run_pool(fn, jobs: list[tuple], workers: int, on_row) -> None:
+    """fn(*job) for every job, in `workers` spawned processes of one torch thread each (in this
+    process when 1); on_row gets each result as it comes."""
+    if workers == 1:
+        for job in jobs:
+            on_row(fn(*job))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker) as pool:
+        for f in as_completed([pool.submit(fn, *job) for job in jobs]):
+            on_row(f.result())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = draw_parser(__doc__, "wide_zoo")
     ap.add_argument("--config", type=Path, default=None,
                     help="laundering settings from a TOML file (as `audit launder --config`)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="a LaunderConfig field, nc.FIELD or retrain.FIELD (VALUE as JSON)")
     ap.add_argument("--fresh", action="store_true", help="ignore rows already in --out")
     args = ap.parse_args(argv)
-    if args.workers < 1 or min(getattr(args, s) for s in SIZES) < 0:
-        ap.error("--workers must be at least 1 and draw counts at least 0")
-    if not any(getattr(args, s) for s in SIZES):
-        ap.error("nothing to do: give --digits, --mnist and/or --cifar10 a count")
-    if args.out is None:
-        args.out = common.RESULTS / ("wide_zoo.json" if args.split == "heldout" else "wide_zoo_dev.json")
+    check_draw_args(ap, args, "wide_zoo")
     return args
 
 
@@ -250,22 +278,6 @@ def line(r: dict) -> str:
             f"({r['wall_s']:.0f} s)")
 
 
-def _run(todo: list, args, cfg, commit: str, on_row) -> None:
-    if args.workers == 1:
-        for size, seed in todo:
-            on_row(run_draw(size, seed, str(args.zoo), cfg, commit))
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker) as pool:
-        futs = [pool.submit(run_draw, size, seed, str(args.zoo), cfg, commit)
-                for size, seed in todo]
-        for f in as_completed(futs):
-            on_row(f.result())
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.mnist:
@@ -296,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         print(line(r), flush=True)
         common.write_json(args.out, document(args, cfg_dict, rows, todo, machine, commit))
 
-    _run(left, args, cfg, commit, on_row)
+    run_pool(run_draw, [(size, seed, str(args.zoo), cfg, commit) for size, seed in left],
+             args.workers, on_row)
     doc = document(args, cfg_dict, rows, todo, machine, commit)
     common.write_json(args.out, doc)
     print(json.dumps(doc["summary"]["all"]), json.dumps(doc["summary"]["test_drop"]))
