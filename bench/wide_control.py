@@ -44,6 +44,7 @@ from wide_zoo import (  # noqa: E402
     check_draw_args,
     draw_parser,
     fail,
+    prepare,
     run_pool,
 )
 
@@ -125,11 +126,7 @@ def line(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.mnist:
-        common.need_shared(common.MNIST_TRAIN, common.MNIST_TEST)
-    if args.cifar10:
-        common.need_shared(common.SHARED / "cifar10")
-    common.set_threads(1)
+    prepare(args)
     from audit.errors import AuditError
     from audit.models_zoo.wide import ACCEPT, CONTROL_SEED_OFFSET, draws
 

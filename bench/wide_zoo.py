@@ -69,6 +69,15 @@ def check_draw_args(ap: argparse.ArgumentParser, args: argparse.Namespace, stem:
         args.out = common.RESULTS / (f"{stem}.json" if args.split == "heldout" else f"{stem}_dev.json")
 
 
+def prepare(args: argparse.Namespace) -> None:
+    """Before any draw: the shared data the sizes asked for is there; one torch thread."""
+    if args.mnist:
+        common.need_shared(common.MNIST_TRAIN, common.MNIST_TEST)
+    if args.cifar10:
+        common.need_shared(common.SHARED / "cifar10")
+    common.set_threads(1)
+
+
 def run_pool(fn, jobs: list[tuple], workers: int, on_row) -> None:
     """fn(*job) for every job, in `workers` spawned processes of one torch thread each (in this
     process when 1); on_row gets each result as it comes."""
@@ -280,11 +289,7 @@ def line(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.mnist:
-        common.need_shared(common.MNIST_TRAIN, common.MNIST_TEST)
-    if args.cifar10:
-        common.need_shared(common.SHARED / "cifar10")
-    common.set_threads(1)
+    prepare(args)
     from audit.errors import AuditError
     from audit.models_zoo.wide import draws
 
