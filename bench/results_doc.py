@@ -278,17 +278,22 @@ def _wide_settings(d: dict) -> list[str]:
     return overrides(d["launder_config"])
 
 
-def _wide_command(d: dict, name: str) -> str:
-    """The command that reruns a wide-zoo run today, writing to bench/results/<name> (its
-    default, or --out): its split, counts and workers, and its settings as --set items."""
-    argv, out = list(d.get("argv", [])), []
-    i = 0
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """argv less the given options (each with its value)."""
+    out, i = [], 0
     while i < len(argv):
-        if argv[i] in ("--out", "--set", "--config"):
+        if argv[i] in options:
             i += 2
             continue
         out.append(argv[i])
         i += 1
+    return out
+
+
+def _wide_command(d: dict, name: str) -> str:
+    """The command that reruns a wide-zoo run today, writing to bench/results/<name> (its
+    default, or --out): its split, counts and workers, and its settings as --set items."""
+    out = _without(list(d.get("argv", [])), ("--out", "--set", "--config"))
     for item in _wide_settings(d):
         out += ["--set", item]
     default = "wide_zoo.json" if d.get("split") == "heldout" else "wide_zoo_dev.json"
@@ -359,14 +364,7 @@ def wide_control(d: dict, title: str, name: str) -> str:
             rows.append([f"{label} {k}", _rate(g)] + extra)
     shown = s.get("demonstrated") or {}
     diff = s.get("test_diff_abs") or {}
-    argv, i = [], 0
-    raw = [a for a in d.get("argv", []) if a != "--fresh"]
-    while i < len(raw):                  # the committed file's name, not the run's --out
-        if raw[i] == "--out":
-            i += 2
-            continue
-        argv.append(raw[i])
-        i += 1
+    argv = _without(list(d.get("argv", [])), ("--out",))    # the committed file's name instead
     default = "wide_control.json" if d.get("split") == "heldout" else "wide_control_dev.json"
     if name != default:
         argv += ["--out", f"bench/results/{name}"]
