@@ -362,7 +362,9 @@ def wide_control(d: dict, title: str, name: str) -> str:
             extra = [f"{ref['by_scheme'].get(k, 0)}/{g['embedded']}"] if ref and key == "by_scheme" \
                 else ([""] if ref else [])
             rows.append([f"{label} {k}", _rate(g)] + extra)
-    shown = s.get("demonstrated") or {}
+    counted = [r for r in d["rows"] if not r["error"] and r["embedded"]]
+    shown = {"clean": sum(r["verify_after"]["demonstrated"] for r in counted),
+             "watermarked": sum(r["verify_before"]["demonstrated"] for r in counted)}
     diff = s.get("test_diff_abs") or {}
     argv = _without(list(d.get("argv", [])), ("--out",))    # the committed file's name instead
     default = "wide_control.json" if d.get("split") == "heldout" else "wide_control_dev.json"
