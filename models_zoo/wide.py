@@ -528,8 +528,9 @@ def _launder_figures(res, seconds: float, per_round: dict[int, dict]) -> dict[st
 def _compare(entry: WideEntry, after: Path, device: str,
              also: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Watermark and test accuracy (onnxruntime) of the draw's watermarked model and of
-    ``after``, and `audit verify`'s verdict on each against the twin (and the clean models in
-    ``also``: the highest rate of them all is the null): the figures judge reads."""
+    ``after``, and `audit verify`'s verdict on each against the twin: the figures judge reads.
+    With clean models in ``also``, ``with_reference`` holds the verdicts against the twin and
+    them together (the highest rate is the null), from the same data."""
     from audit import api
     from audit.data import load_dataset
 
@@ -540,15 +541,20 @@ def _compare(entry: WideEntry, after: Path, device: str,
     pp = Preprocess(**entry.meta["preprocess"])
     wm, van = entry.watermarked, entry.vanilla
     acc = lambda path: evaluate_onnx(path, test.x, test.y, pp)     # noqa: E731
-    verify = lambda path: api.verify(path, trig, vanilla=[van, *also],  # noqa: E731
-                                     alpha=ACCEPT["alpha"], preprocess=pp, device=device)
+    verify = lambda path, refs=(): api.verify(path, trig, vanilla=[van, *refs],  # noqa: E731
+                                              alpha=ACCEPT["alpha"], preprocess=pp, device=device)
     # the verdicts carry the trigger-set accuracies (the twin's as its hits)
     before, now = verify(wm), verify(after)
-    return {"wm_acc_before": before.watermark_accuracy, "wm_acc_after": now.watermark_accuracy,
-            "vanilla_wm_acc": before.vanilla_hits / before.n, "test_acc_before": acc(wm),
-            "test_acc_after": acc(after), "vanilla_test_acc": acc(van),
-            "verify_before": _verdict(before), "verify_after": _verdict(now),
-            "n_trigger": len(trig), "n_test": len(test)}
+    row = {"wm_acc_before": before.watermark_accuracy, "wm_acc_after": now.watermark_accuracy,
+           "vanilla_wm_acc": before.vanilla_hits / before.n, "test_acc_before": acc(wm),
+           "test_acc_after": acc(after), "vanilla_test_acc": acc(van),
+           "verify_before": _verdict(before), "verify_after": _verdict(now),
+           "n_trigger": len(trig), "n_test": len(test)}
+    if also:
+        before, now = verify(wm, also), verify(after, also)
+        row["with_reference"] = {"vanilla_wm_acc": before.vanilla_hits / before.n,
+                                 "verify_before": _verdict(before), "verify_after": _verdict(now)}
+    return row
 
 
 def launder_entry(entry: WideEntry, cfg, out: str | Path) -> dict[str, Any]:
@@ -651,16 +657,14 @@ def control_draw(draw: Draw, cache_dir: str | Path, *, offset: int = CONTROL_SEE
     with torch_threads(1):
         entry = build_draw(draw, cache_dir, data_root=data_root)
         path, about = clean_model(offset)
-        row: dict[str, Any] = {"clean_model": about, **_compare(entry, path, "cpu")}
-        if reference_offset is not None:
-            ref, ref_about = clean_model(reference_offset)
-            both = _compare(entry, path, "cpu", also=(ref,))
-            row["with_reference"] = {"reference_model": ref_about,
-                                     "vanilla_wm_acc": max(m["rate"] for m in
-                                                           both["verify_before"]["vanilla_models"]),
-                                     **{k: both[k] for k in ("verify_before", "verify_after")}}
-            row["with_reference"].update(
-                {k: v for k, v in judge({**both, **row["with_reference"]}).items()
-                 if k in ("embedded", "pass_wm", "not_demonstrated", "pass")})
+        ref, ref_about = clean_model(reference_offset) if reference_offset is not None \
+            else (None, None)
+        row: dict[str, Any] = {"clean_model": about,
+                               **_compare(entry, path, "cpu", also=(ref,) if ref else ())}
+        if ref is not None:
+            w = row["with_reference"]
+            w.update({k: v for k, v in judge({**row, **w}).items()
+                      if k in ("embedded", "pass_wm", "not_demonstrated", "pass")},
+                     reference_model=ref_about)
     row.update(judge(row))
     return row

@@ -82,8 +82,7 @@ def _run(rec: dict, path: Path, policy: ModelPolicy, device: str, pictures: str 
                               f"{', confirmed' if policy.confirm else ''})")
     t = time.perf_counter()
     for wm in policy.watermarks:
-        vanilla = list(wm.vanilla) if isinstance(wm.vanilla, tuple) else wm.vanilla
-        v = api.verify(am, wm.triggers, vanilla=vanilla, null_rate=wm.null_rate,
+        v = api.verify(am, wm.triggers, vanilla=wm.vanilla, null_rate=wm.null_rate,
                        alpha=wm.alpha, preprocess=pp, device=device)
         out = {"triggers": wm.triggers, "expect": wm.expect, **v.to_dict()}
         rec["verify"].append(out)
