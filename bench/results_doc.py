@@ -548,16 +548,12 @@ def _table2_by_size(d: dict, ds: str) -> str:
                    "watermark accuracies and, for runs that record it, its sha256).")
 
 
-def _table2_covers(argv: list[str], ds: str, size: str) -> bool:
-    """Whether a bench/table2.py command line measures rows of dataset `ds` at subset `size`."""
-    def values(flag: str, default: list[str]) -> list[str]:
-        if flag not in argv:
-            return default
-        rest = argv[argv.index(flag) + 1:]
-        return rest[:next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))]
-    quick = "--quick" in argv   # MNIST at 0.6%
-    dataset = "mnist" if quick else values("--dataset", ["mnist"])[0]
-    return dataset == ds and size in (["0.6"] if quick else values("--sizes", [size]))
+def _measures(argv: list[str], ds: str, size: str) -> bool:
+    """Whether the bench/table2.py command line `argv` measures rows of `ds` at subset `size`."""
+    from table2 import parse_args
+
+    args = parse_args(argv)
+    return args.dataset == ds and size in args.sizes
 
 
 def table2(d: dict) -> str:
@@ -605,7 +601,7 @@ def table2(d: dict) -> str:
             and ds == "cifar10")
         commits = {r["commit"] for r in rows}
         commands = sorted({"python bench/table2.py " + " ".join(run["argv"]) for run in d["runs"]
-                           if run["commit"] in commits and _table2_covers(run["argv"], ds, size)})
+                           if run["commit"] in commits and _measures(run["argv"], ds, size)})
         parts.append(section(
             f"Table 2: {ds}, {share} ({n} images)",
             "`, `".join(commands).strip(), ", ".join(sorted(commits)),

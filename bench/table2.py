@@ -146,7 +146,8 @@ def key(r: dict) -> str:
     return f"{r['dataset']}/{r['scheme']}/{r['method']}/{r['size']}/{r['seed']}"
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with --quick resolved to its data set, size and seed."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="MNIST, 0.6%%, subset seed 0, every "
                     "scheme and method")
@@ -159,9 +160,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="rows run in parallel, one torch "
                     "thread each")
     ap.add_argument("--resume", action="store_true", help="skip the rows table2.json already holds")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.quick:
         args.dataset, args.sizes, args.seeds = "mnist", ["0.6"], [0]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.dataset == "cifar10":
         common.need_shared(common.SHARED / "cifar10")
     else:
