@@ -3,7 +3,8 @@
 * where things are: the repository, the shared data beside it (`shared/data`), bench/results,
   the zoo cache (outside the repository: $AUDIT_BENCH_ZOO, by default `audit-bench-zoo` in the
   system's temporary folder);
-* zoo entries built once and reused (`zoo_entry`);
+* zoo entries built once and reused (`zoo_entry`), their models kept in bench/zoo so that the
+  committed results' builds can be restored on any machine;
 * MNIST from ../shared/data/mnist and laundering subsets of it;
 * the machine's state (load average, threads, versions) recorded with every result;
 * atomic JSON results that name the commit they were measured at and hold no machine paths
@@ -33,6 +34,7 @@ SHARED = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results"
 TMP = Path(tempfile.gettempdir())
 ZOO_CACHE = Path(os.environ.get("AUDIT_BENCH_ZOO", TMP / "audit-bench-zoo"))
+STORED_ZOO = REPO / "bench" / "zoo"   # the zoo builds the committed results were measured on
 MNIST_TRAIN = SHARED / "mnist" / "train-images-idx3-ubyte.gz"
 MNIST_TEST = SHARED / "mnist" / "t10k-images-idx3-ubyte.gz"
 
@@ -80,7 +82,7 @@ def commit() -> str:
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results",
-                  ":(exclude)docs", ":(exclude)README.md")
+                  ":(exclude)bench/zoo", ":(exclude)docs", ":(exclude)README.md")
     return head + ("-dirty" if changed else "")
 
 
@@ -139,17 +141,36 @@ def update_result(name: str, update) -> Path:
 
 
 def zoo_entry(dataset: str, scheme: str, *, seed: int = 0, cache: Path = ZOO_CACHE,
-              quiet: bool = True, rebuild: bool = False):
-    """The zoo entry <cache>/<dataset>_<scheme>_s<seed>, built when absent (build_entry)."""
-    from audit.models_zoo.build import build_entry, built_entry
+              quiet: bool = True, rebuild: bool = False, stored: Path | None = STORED_ZOO):
+    """The zoo entry <cache>/<dataset>_<scheme>_s<seed> and whether it was trained here.
 
-    out = cache / f"{dataset}_{scheme}_s{seed}"
+    Training is deterministic on one machine, not across CPUs, so the build the committed
+    results were measured on is kept in the repository (<stored>/<name>: both models and their
+    meta.json; the trigger images are made again from the data): a cache that lacks the entry or
+    holds another build is restored from there (restore_entry), and an entry trained here
+    (absent from <stored>, or `rebuild`) is kept there."""
+    from audit.graphs.io import sha256_file
+    from audit.models_zoo.build import build_entry, built_entry, restore_entry, store_entry
+
+    name = f"{dataset}_{scheme}_s{seed}"
+    out = cache / name
+    keep = None if stored is None else stored / name
     entry = None if rebuild else built_entry(out)
+    if keep is not None and not rebuild and (keep / "meta.json").is_file():
+        if entry is None or any(sha256_file(out / f) != sha256_file(keep / f)
+                                for f in ("watermarked.onnx", "vanilla.onnx")):
+            t = time.perf_counter()
+            entry = restore_entry(keep, out)
+            print(f"restored {dataset}/{scheme} from {portable(str(keep))} in "
+                  f"{time.perf_counter() - t:.0f} s -> {out}", flush=True)
+        return entry, False
     if entry is not None:
         return entry, False
     t = time.perf_counter()
     entry = build_entry(dataset, scheme, out, seed=seed, quiet=quiet, device="cpu")
     print(f"built {dataset}/{scheme} in {time.perf_counter() - t:.0f} s -> {out}", flush=True)
+    if keep is not None:
+        store_entry(entry, keep)
     return entry, True
 
 

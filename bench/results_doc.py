@@ -542,10 +542,13 @@ def _table2_by_size(d: dict, ds: str) -> str:
                    "still proven on k of n subset seeds), means over the seeds measured so far; "
                    "the tables below give before → after, the spread, the commits and the runs. "
                    "The last line: the rows' own wall time (one torch thread each, 2-core machine). "
-                   "All rows come from one build of each zoo model: training is deterministic on "
-                   "one machine, not across CPUs, and bench/table2.py does not add rows measured "
-                   "on another build (table2.json's `zoo` identifies each build by its test and "
-                   "watermark accuracies and, for runs that record it, its sha256).")
+                   "The rows of one subset size come from one build of each zoo model (their "
+                   "before columns give its accuracies), so that its methods and seeds are "
+                   "compared on the same models; sizes may come from different builds of the same "
+                   "recipe. Training is deterministic on one machine, not across CPUs: bench/zoo "
+                   "keeps the builds, bench/table2.py restores them on any machine and does not "
+                   "add a size's rows measured on another build (each row's `zoo_sha256`, or for "
+                   "rows without one the record under `zoo`, names its build).")
 
 
 def _measures(argv: list[str], ds: str, size: str) -> bool:
@@ -636,7 +639,8 @@ def render() -> str:
            "by hand. Each table names the command that regenerates its JSON file and the commit "
            "it was measured at. The real data sets (MNIST, the BadNets model, third-party "
            "models, the Adi trigger set) live in `shared/data` beside the repository; zoo models "
-           "are built into `$AUDIT_BENCH_ZOO` (see `bench/common.py`). Every run uses seed 0 "
+           "are built into `$AUDIT_BENCH_ZOO`, their builds kept in `bench/zoo`, from which "
+           "any machine restores the same models (see `bench/common.py`). Every run uses seed 0 "
            "and the default settings unless the command says otherwise.", ""]
     d = load("launder_mnist.json")
     if d:

@@ -12,9 +12,11 @@ Rows are kept in bench/results/table2.json under (dataset, scheme, method, size,
 that runs of parts accumulate (`--resume` skips the rows already there); each row names the
 commit it was measured at, and every run's command, commit and wall time is listed under "runs",
 rewritten with every finished row, so that a run stopped part-way keeps what it measured. The
-rows of one table come from one build of each zoo model (its sha256 under "zoo"): training is
-deterministic on one machine, not across CPUs, so a run whose zoo build differs stops with one
-line instead of adding its rows (move table2.json aside to start a table on the new build).
+rows of one subset size come from one build of each zoo model (each row names it: zoo_sha256),
+so that its methods and seeds are compared on the same models: training is deterministic on one
+machine, not across CPUs, so the builds are kept in bench/zoo and restored from there on any
+machine (common.zoo_entry), and a run whose build differs from the one a subset size's rows were
+measured on stops with one line instead of adding its rows.
 bench/results/figure3.png is drawn from the rows (matplotlib: `pip install -e ".[bench]"`);
 docs/results.md's Table 2 by bench/results_doc.py.
 
@@ -138,7 +140,8 @@ def run_row(job: dict) -> dict:
         wm_acc_before=wm.accuracy(trig.x, trig.y, pp), wm_acc_after=after.accuracy(trig.x, trig.y, pp),
         vanilla_wm_acc=vanilla_rate, n_trigger=len(trig), p_value=v and v.p_value,
         demonstrated=v and v.demonstrated, seconds=round(seconds, 1), rounds=per_round,
-        best_round=res.best_round, note=(res.baseline or {}).get("note"), commit=job["commit"])
+        best_round=res.best_round, note=(res.baseline or {}).get("note"),
+        zoo_sha256=job.get("zoo_sha256"), commit=job["commit"])
     return row
 
 
@@ -185,16 +188,17 @@ def main() -> None:
             zoo_info[f"{args.dataset}/{scheme}"] = {
                 "test_acc": entry.test_acc, "wm_acc": entry.wm_acc, "timings": entry.timings,
                 "sha256": sha256_file(entry.watermarked)}
+        sha = zoo_info[f"{args.dataset}/{scheme}"]["sha256"] if zoo else None
         for size in args.sizes:
             for seed in args.seeds:
                 for method in args.methods:
                     jobs.append({"dataset": args.dataset, "scheme": scheme, "method": method,
-                                 "size": size, "seed": seed, "zoo": zoo,
+                                 "size": size, "seed": seed, "zoo": zoo, "zoo_sha256": sha,
                                  "n": subset_size(args.dataset, size), "commit": commit})
     jobs.sort(key=lambda j: (-j["n"], j["method"] != "laundering"))   # longest first
     result = common.RESULTS / "table2.json"
     old = json.loads(result.read_text()) if result.is_file() else {}
-    same_models(old.get("zoo", {}), zoo_info)   # rows of one table come from one zoo build
+    same_builds(old, zoo_info, jobs)   # the rows of one subset size come from one zoo build
     if args.resume:
         done = {key(r) for r in old.get("rows", [])}
         todo = [j for j in jobs if key(j) not in done]
@@ -222,25 +226,44 @@ def main() -> None:
         print("figure3.png not drawn: matplotlib is missing (pip install -e \".[bench]\")")
 
 
-def same_models(recorded: dict, current: dict) -> None:
-    """Exit with one line when a zoo model differs from the one table2.json's rows were measured
-    on: training is deterministic on one machine, not across CPUs, so a zoo rebuilt elsewhere is
-    another model and its rows must not be mixed with the old ones. The models are compared by
-    sha256 and, for records without one, by their test and watermark accuracies."""
-    for name, now in current.items():
-        was = recorded.get(name)
-        if was is None:
+def build_of(row: dict, zoo: dict) -> tuple:
+    """The zoo build a row was measured on: its zoo_sha256, or for rows that do not record one,
+    the sha256 (else the test and watermark accuracies) of table2.json's record of its model."""
+    if row.get("zoo_sha256"):
+        return ("sha256", row["zoo_sha256"])
+    rec = zoo.get(f"{row['dataset']}/{row['scheme']}", {})
+    if rec.get("sha256"):
+        return ("sha256", rec["sha256"])
+    return ("acc", json.dumps([rec.get("test_acc"), rec.get("wm_acc")], sort_keys=True))
+
+
+def same_builds(old: dict, current: dict, jobs: list[dict]) -> None:
+    """Exit with one line when a job's (dataset, scheme, subset size) already has rows measured
+    on another build of its zoo model (the methods and seeds of one subset size are compared on
+    the same models; bench/zoo keeps the build, so that any machine can continue it)."""
+    have = {}
+    for r in old.get("rows", []):
+        if r["dataset"] != "badnets":
+            have[(r["dataset"], r["scheme"], r["size"])] = build_of(r, old.get("zoo", {}))
+    for j in jobs:
+        name = f"{j['dataset']}/{j['scheme']}"
+        was = have.get((j["dataset"], j["scheme"], j["size"]))
+        if was is None or name not in current:
             continue
-        fields = [k for k in ("sha256", "test_acc", "wm_acc") if k in was]
-        if any(was[k] != now[k] for k in fields):
-            sys.exit(f"table2.py: the zoo model {name} is not the one table2.json's rows were "
-                     f"measured on ({', '.join(fields)} differ); move table2.json aside to start "
-                     "a new table on this build, or use the cache the rows came from")
+        now = current[name]
+        now_id = ("sha256", now["sha256"]) if was[0] == "sha256" else \
+            ("acc", json.dumps([now["test_acc"], now["wm_acc"]], sort_keys=True))
+        if now_id != was:
+            size = j["size"] if j["size"] == "1/class" else f"{j['size']}%"
+            sys.exit(f"table2.py: the zoo model {name} is not the build table2.json's {size} rows "
+                     "were measured on; restore that build into bench/zoo (git) or remove those "
+                     "rows to measure them again on this one")
 
 
 def merged(old: dict, row: dict, run: dict, zoo_info: dict) -> dict:
     """table2.json with `row` added (replacing a row of the same key) and `run`'s record added
-    or brought up to date; only the runs some kept row comes from are listed."""
+    or brought up to date; only the runs some kept row comes from are listed. "zoo" holds the
+    latest build of each model, "builds" every build some run used (by sha256)."""
     kept = {key(r): r for r in old.get("rows", [])}
     kept[key(row)] = row
     runs = [r for r in old.get("runs", [])
@@ -249,6 +272,10 @@ def merged(old: dict, row: dict, run: dict, zoo_info: dict) -> dict:
     return {"what": "Table 2: laundering and removal baselines per watermark scheme, subset "
                     "size and subset seed (zoo models; audit launder --method defaults)",
             "alpha": ALPHA, "sizes": dict(SIZES), "zoo": {**old.get("zoo", {}), **zoo_info},
+            "builds": {**old.get("builds", {}),
+                       **{z["sha256"]: {"model": name, **{k: v for k, v in z.items()
+                                                          if k != "sha256"}}
+                          for name, z in zoo_info.items()}},
             "full_train": FULL_TRAIN, "runs": runs, "rows": sorted(kept.values(), key=key)}
 
 

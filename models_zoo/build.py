@@ -35,7 +35,7 @@ from .datasets import DATASETS, load_clean
 from .train import Recipe, evaluate_onnx, export_onnx, train_classifier
 from .watermarks import SCHEMES, make_trigger_set
 
-__all__ = ["RECIPES", "ZooEntry", "build_entry", "build_zoo"]
+__all__ = ["RECIPES", "ZooEntry", "build_entry", "build_zoo", "restore_entry", "store_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,67 @@ def build_entry(dataset: str, scheme: str, out_dir: str | Path, *, seed: int = 0
              timings["total_s"])
     return ZooEntry(dataset, scheme, out, paths["watermarked"], paths["vanilla"],
                     out / "triggers", out / "meta.json", data_dir, test_acc, wm_acc, timings, meta)
+
+
+STORED_FILES = ("watermarked.onnx", "vanilla.onnx", "meta.json")
+
+
+def restore_entry(stored_dir: str | Path, out_dir: str | Path, *,
+                  data_root: str | Path | None = None) -> ZooEntry:
+    """Rebuild the entry ``out_dir`` from a stored build: the two models and meta.json that
+    build_entry wrote (``stored_dir``), with the trigger set (and the digits data) made again
+    from the data set, as build_entry makes them, without training.
+
+    Training is deterministic on one machine, not across CPUs: keeping a build's models is what
+    lets results measured on it be continued elsewhere. The restored models are checked on the
+    remade trigger and test sets against the accuracies meta.json records."""
+    stored, out = Path(stored_dir), Path(out_dir)
+    missing = [f for f in STORED_FILES if not (stored / f).is_file()]
+    if missing:
+        raise AuditError(f"{stored}: not a stored zoo build (missing {', '.join(missing)})")
+    meta = json.loads((stored / "meta.json").read_text())
+    dataset, scheme = meta["dataset"], meta["scheme"]
+    target = DEFAULT_TARGET if meta["target"] is None else meta["target"]   # None: Adi's labels
+    _check_args(dataset, scheme, None, target)
+    recipe = RECIPES[dataset]
+    spec = ARCHITECTURES[dataset]
+    clean = load_clean(dataset, data_root)
+    trig = make_trigger_set(scheme, clean.train.x, clean.train.y, target=target,
+                            n=recipe.n_trigger, seed=meta["seed"], num_classes=spec.num_classes)
+    pre = Preprocess(**meta["preprocess"])
+    for kind in ("watermarked", "vanilla"):
+        got, off = {}, []
+        for k, ds in (("test_acc", clean.test), ("wm_acc", trig)):
+            got[k] = evaluate_onnx(stored / f"{kind}.onnx", ds.x, ds.y, pre)
+            # another machine's floating-point results may flip a borderline prediction or two
+            if abs(got[k] - meta[k][kind]) > 2.5 / len(ds.y):
+                off.append(k)
+        if off:
+            raise AuditError(f"{stored}: the stored {kind} model does not reproduce its recorded "
+                             f"{' and '.join(off)} on the remade data ({got} vs meta.json)")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in STORED_FILES[:2]:
+        data = (stored / name).read_bytes()
+        atomic_write(out / name, lambda fh, data=data: fh.write(data))
+    _write_triggers(out / "triggers", trig.x, trig.y)
+    if dataset == "digits":
+        (out / "data").mkdir(exist_ok=True)
+        _write_npz(out / "data" / "train.npz", clean.train.x, clean.train.y)
+        _write_npz(out / "data" / "test.npz", clean.test.x, clean.test.y)
+    _write_json(out / "meta.json", meta)   # last: built_entry reads a complete entry only
+    entry = built_entry(out)
+    assert entry is not None
+    return entry
+
+
+def store_entry(entry: ZooEntry, stored_dir: str | Path) -> Path:
+    """Keep ``entry``'s build (its models and meta.json) in ``stored_dir`` for restore_entry."""
+    stored = Path(stored_dir)
+    stored.mkdir(parents=True, exist_ok=True)
+    for name in STORED_FILES:
+        data = (entry.out_dir / name).read_bytes()
+        atomic_write(stored / name, lambda fh, data=data: fh.write(data))
+    return stored
 
 
 def build_zoo(datasets: list[str] | tuple[str, ...], schemes: list[str] | tuple[str, ...],

@@ -198,8 +198,9 @@ def adi_real(shape: tuple[int, int, int], *, num_classes: int = 10,
     c, h, w = shape
     ds = load_dataset(root, channels=c, height=h, width=w, num_classes=num_classes)
     y = np.asarray(ds.y, dtype=np.int64)
-    return TriggerSet(quantize_u8(np.asarray(ds.x)), y, "adi", None, None,
-                      {"source": str(root)})
+    # the shared set is named as found beside any checkout, not by this machine's path
+    source = "shared/data/adi_trigger_set" if path is None else str(root)
+    return TriggerSet(quantize_u8(np.asarray(ds.x)), y, "adi", None, None, {"source": source})
 
 
 def make_trigger_set(scheme: str, x: np.ndarray, y: np.ndarray, *, target: int, n: int,

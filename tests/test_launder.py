@@ -776,6 +776,37 @@ def test_bench_set_checks_values_as_a_config_file_does():
             common.set_field(cfg, item)
 
 
+def test_table2_compares_one_subset_size_on_one_zoo_build():
+    """bench/table2.py adds a subset size's rows only on the zoo build its rows were measured
+    on (by sha256; for old records without one, by their accuracies), while another size may
+    start on a new build."""
+    t2 = _bench_module("table2")
+    acc = {"test_acc": {"watermarked": 0.98, "vanilla": 0.97}, "wm_acc": {"watermarked": 1.0,
+                                                                          "vanilla": 0.0}}
+    old = {"zoo": {"mnist/content": {"sha256": "a" * 64, **acc}, "cifar10/noise": acc},
+           "rows": [{"dataset": "mnist", "scheme": "content", "size": "0.6"},   # build a (record)
+                    {"dataset": "mnist", "scheme": "content", "size": "10.8",
+                     "zoo_sha256": "b" * 64},
+                    {"dataset": "cifar10", "scheme": "noise", "size": "0.6"},
+                    {"dataset": "badnets", "scheme": "badnets", "size": "0.6"}]}
+    now = {"mnist/content": {"sha256": "b" * 64, **acc}}
+
+    def job(dataset, size, scheme="content"):
+        return [{"dataset": dataset, "scheme": scheme, "size": size}]
+
+    t2.same_builds(old, now, job("mnist", "10.8"))   # the build of the 10.8% rows
+    t2.same_builds(old, now, job("mnist", "1.2"))    # no rows yet: any build
+    with pytest.raises(SystemExit, match="mnist/content is not the build .* 0.6% rows"):
+        t2.same_builds(old, now, job("mnist", "0.6"))
+    t2.same_builds(old, {"mnist/content": {"sha256": "a" * 64, **acc}}, job("mnist", "0.6"))
+    cifar = {"sha256": "c" * 64, **acc}
+    t2.same_builds(old, {"cifar10/noise": cifar}, job("cifar10", "0.6", "noise"))
+    cifar["wm_acc"] = {"watermarked": 0.99, "vanilla": 0.0}
+    with pytest.raises(SystemExit, match="cifar10/noise is not the build"):
+        t2.same_builds(old, {"cifar10/noise": cifar}, job("cifar10", "0.6", "noise"))
+    assert t2.build_of(old["rows"][1], old["zoo"]) == ("sha256", "b" * 64)
+
+
 def test_wide_zoo_reuses_a_run_from_before_a_setting_was_added_only_at_its_default(tmp_path):
     """bench/wide_zoo.py keeps the rows of a results file whose settings lack a key added
     since (its default keeps laundering as it was), and refuses it when the run asks for

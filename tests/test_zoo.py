@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from audit.data import Preprocess, load_dataset, save_image_folder
 from audit.errors import AuditError, DataError
-from audit.models_zoo.build import build_entry
+from audit.models_zoo.build import build_entry, restore_entry, store_entry
 from audit.models_zoo.cli import zoo
 from audit.models_zoo.datasets import load_clean
 from audit.models_zoo.watermarks import (
@@ -205,6 +205,34 @@ def test_digits_triggers_deterministic(digits_zoo, digits, tmp_path):
     other = make_trigger_set("content", digits.train.x, digits.train.y, target=0, n=100, seed=1)
     save_image_folder(other.x, other.y, tmp_path / "o")
     assert _folder_bytes(tmp_path / "o") != _folder_bytes(e.triggers)
+
+
+@BUILDS
+def test_restore_entry_remakes_a_stored_build(digits_zoo, tmp_path):
+    """A build kept as its two models and meta.json comes back whole: the same model bytes,
+    trigger images and data files, readable as an entry; a stored model that does not score
+    what meta.json records is refused."""
+    e = digits_zoo("noise")
+    stored = store_entry(e, tmp_path / "stored")
+    assert sorted(p.name for p in stored.iterdir()) == ["meta.json", "vanilla.onnx",
+                                                         "watermarked.onnx"]
+    back = restore_entry(stored, tmp_path / "cache" / "digits_noise_s0")
+    for name in ("watermarked.onnx", "vanilla.onnx", "meta.json"):
+        assert (back.out_dir / name).read_bytes() == (e.out_dir / name).read_bytes()
+    assert _folder_bytes(back.triggers) == _folder_bytes(e.triggers)
+    assert len(_folder_bytes(back.triggers)) == e.meta["n_trigger"] == 100
+    for split in ("train.npz", "test.npz"):
+        assert (back.data_dir / split).read_bytes() == (e.data_dir / split).read_bytes()
+    assert (back.test_acc, back.wm_acc) == (e.test_acc, e.wm_acc)
+
+    # the vanilla twin stored as the watermarked model: its watermark accuracy is not meta's
+    (stored / "watermarked.onnx").write_bytes((e.out_dir / "vanilla.onnx").read_bytes())
+    with pytest.raises(AuditError, match="does not reproduce its recorded .*wm_acc"):
+        restore_entry(stored, tmp_path / "cache2")
+    assert not (tmp_path / "cache2" / "meta.json").exists()
+    (stored / "meta.json").unlink()
+    with pytest.raises(AuditError, match="not a stored zoo build"):
+        restore_entry(stored, tmp_path / "cache3")
 
 
 # ------------------------------------------------------------------------------------------
