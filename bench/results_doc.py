@@ -542,13 +542,14 @@ def _table2_by_size(d: dict, ds: str) -> str:
                    "still proven on k of n subset seeds), means over the seeds measured so far; "
                    "the tables below give before → after, the spread, the commits and the runs. "
                    "The last line: the rows' own wall time (one torch thread each, 2-core machine). "
-                   "The rows of one subset size come from one build of each zoo model (their "
-                   "before columns give its accuracies), so that its methods and seeds are "
-                   "compared on the same models; sizes may come from different builds of the same "
-                   "recipe. Training is deterministic on one machine, not across CPUs: bench/zoo "
-                   "keeps the builds, bench/table2.py restores them on any machine and does not "
-                   "add a size's rows measured on another build (each row's `zoo_sha256`, or for "
-                   "rows without one the record under `zoo`, names its build).")
+                   "The methods run on one subset (scheme, size, subset seed) are compared on "
+                   "one build of each zoo model; sizes may come from different builds of the same "
+                   "recipe (each size's table gives its models' accuracies before and says where "
+                   "its seeds' builds differ). Training is deterministic on one machine, not "
+                   "across CPUs: bench/zoo keeps the builds, bench/table2.py restores them on any "
+                   "machine and does not put a row beside its subset's rows from another build "
+                   "(each row's `zoo_sha256`, or for rows without one the record under `zoo`, "
+                   "names its build).")
 
 
 def _measures(argv: list[str], ds: str, size: str) -> bool:
@@ -562,6 +563,8 @@ def _measures(argv: list[str], ds: str, size: str) -> bool:
 def table2(d: dict) -> str:
     """Table 2: one table per (data set, subset size), rows scheme x method, mean ± sd over
     the subset seeds; the paper's figures in their own columns where it has them."""
+    from table2 import build_of
+
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in d["rows"]:
         groups.setdefault((r["dataset"], r["size"]), []).append(r)
@@ -603,6 +606,9 @@ def table2(d: dict) -> str:
             for name, z in sorted(d.get("zoo", {}).items()) if name.startswith(f"{ds}/")
             and ds == "cifar10")
         commits = {r["commit"] for r in rows}
+        builds = {r["scheme"]: {build_of(x, d.get("zoo", {})) for x in rows
+                                if x["scheme"] == r["scheme"]} for r in rows}
+        mixed = sorted(f"{scheme} from {len(b)}" for scheme, b in builds.items() if len(b) > 1)
         commands = sorted({"python bench/table2.py " + " ".join(run["argv"]) for run in d["runs"]
                            if run["commit"] in commits and _measures(run["argv"], ds, size)})
         parts.append(section(
@@ -617,6 +623,9 @@ def table2(d: dict) -> str:
             "vanilla twin's rate, α = 0.01 (a proof left after removal is a failure of the "
             "method). The paper's rows are one round of its own models; its pruning rows used "
             "more data, as the last column says."
+            + (f" The subset seeds' zoo models come from more than one build ({', '.join(mixed)} "
+               "builds of the same recipe; each seed's methods share one): the before columns "
+               "show their spread." if mixed else "")
             + (" CIFAR-10 here: the Table-7 net trained on 8,000 of the 10,000 JPEG-decoded "
                "test images (no training set offline), tested on the other 2,000; the subsets "
                "are drawn from the 8,000 as shares of the 50,000-image training set." + zoo

@@ -12,11 +12,11 @@ Rows are kept in bench/results/table2.json under (dataset, scheme, method, size,
 that runs of parts accumulate (`--resume` skips the rows already there); each row names the
 commit it was measured at, and every run's command, commit and wall time is listed under "runs",
 rewritten with every finished row, so that a run stopped part-way keeps what it measured. The
-rows of one subset size come from one build of each zoo model (each row names it: zoo_sha256),
-so that its methods and seeds are compared on the same models: training is deterministic on one
-machine, not across CPUs, so the builds are kept in bench/zoo and restored from there on any
-machine (common.zoo_entry), and a run whose build differs from the one a subset size's rows were
-measured on stops with one line instead of adding its rows.
+methods run on one subset (dataset, scheme, size, subset seed) are compared on one build of the
+zoo model (each row names it: zoo_sha256): training is deterministic on one machine, not across
+CPUs, so the builds are kept in bench/zoo and restored from there on any machine
+(common.zoo_entry), and a run that would put a row beside rows of its subset measured on another
+build stops with one line instead (a run of every method of the subset replaces them).
 bench/results/figure3.png is drawn from the rows (matplotlib: `pip install -e ".[bench]"`);
 docs/results.md's Table 2 by bench/results_doc.py.
 
@@ -198,13 +198,13 @@ def main() -> None:
     jobs.sort(key=lambda j: (-j["n"], j["method"] != "laundering"))   # longest first
     result = common.RESULTS / "table2.json"
     old = json.loads(result.read_text()) if result.is_file() else {}
-    same_builds(old, zoo_info, jobs)   # the rows of one subset size come from one zoo build
     if args.resume:
         done = {key(r) for r in old.get("rows", [])}
         todo = [j for j in jobs if key(j) not in done]
         print(f"--resume: {len(jobs) - len(todo)} rows already in table2.json, {len(todo)} to run",
               flush=True)
         jobs = todo
+    same_builds(old, zoo_info, jobs)   # the methods of one subset are compared on one zoo build
     # the run's record, rewritten with every row, so that a run stopped part-way keeps its rows
     run = {"argv": sys.argv[1:], "commit": commit, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "rows": 0, "workers": args.workers, "seconds": 0.0, "machine": common.machine()}
@@ -238,16 +238,22 @@ def build_of(row: dict, zoo: dict) -> tuple:
 
 
 def same_builds(old: dict, current: dict, jobs: list[dict]) -> None:
-    """Exit with one line when a job's (dataset, scheme, subset size) already has rows measured
-    on another build of its zoo model (the methods and seeds of one subset size are compared on
-    the same models; bench/zoo keeps the build, so that any machine can continue it)."""
-    have = {}
+    """Exit with one line when a job would sit beside a kept row of its (dataset, scheme, subset
+    size, subset seed) measured on another build of the zoo model: the methods run on one subset
+    are compared on the same models. A run that measures every row of such a subset again
+    (`--quick` on a new machine's build) replaces them; bench/zoo keeps the builds, so that any
+    machine can continue a run."""
+    if not jobs:
+        return
+    redone = {key(j) for j in jobs}
+    kept = {}
     for r in old.get("rows", []):
-        if r["dataset"] != "badnets":
-            have[(r["dataset"], r["scheme"], r["size"])] = build_of(r, old.get("zoo", {}))
+        if r["dataset"] != "badnets" and key(r) not in redone:
+            kept.setdefault((r["dataset"], r["scheme"], r["size"], r["seed"]),
+                            build_of(r, old.get("zoo", {})))
     for j in jobs:
         name = f"{j['dataset']}/{j['scheme']}"
-        was = have.get((j["dataset"], j["scheme"], j["size"]))
+        was = kept.get((j["dataset"], j["scheme"], j["size"], j["seed"]))
         if was is None or name not in current:
             continue
         now = current[name]
@@ -255,9 +261,9 @@ def same_builds(old: dict, current: dict, jobs: list[dict]) -> None:
             ("acc", json.dumps([now["test_acc"], now["wm_acc"]], sort_keys=True))
         if now_id != was:
             size = j["size"] if j["size"] == "1/class" else f"{j['size']}%"
-            sys.exit(f"table2.py: the zoo model {name} is not the build table2.json's {size} rows "
-                     "were measured on; restore that build into bench/zoo (git) or remove those "
-                     "rows to measure them again on this one")
+            sys.exit(f"table2.py: the zoo model {name} is not the build table2.json's {size} "
+                     f"subset-seed-{j['seed']} rows were measured on; restore that build into "
+                     "bench/zoo (git), or run every method of that subset again on this one")
 
 
 def merged(old: dict, row: dict, run: dict, zoo_info: dict) -> dict:

@@ -776,35 +776,41 @@ def test_bench_set_checks_values_as_a_config_file_does():
             common.set_field(cfg, item)
 
 
-def test_table2_compares_one_subset_size_on_one_zoo_build():
-    """bench/table2.py adds a subset size's rows only on the zoo build its rows were measured
-    on (by sha256; for old records without one, by their accuracies), while another size may
-    start on a new build."""
+def test_table2_compares_the_methods_of_one_subset_on_one_zoo_build():
+    """bench/table2.py puts a row beside its subset's kept rows (dataset, scheme, size, subset
+    seed) only on the zoo build they were measured on (by sha256; for old records without one,
+    by their accuracies); a run of every method of a subset replaces its rows on a new build,
+    and another subset may start on a new build."""
     t2 = _bench_module("table2")
     acc = {"test_acc": {"watermarked": 0.98, "vanilla": 0.97}, "wm_acc": {"watermarked": 1.0,
                                                                           "vanilla": 0.0}}
+
+    def row(dataset, size, method, seed=0, scheme="content", **kw):
+        return {"dataset": dataset, "scheme": scheme, "method": method, "size": size,
+                "seed": seed, **kw}
+
     old = {"zoo": {"mnist/content": {"sha256": "a" * 64, **acc}, "cifar10/noise": acc},
-           "rows": [{"dataset": "mnist", "scheme": "content", "size": "0.6"},   # build a (record)
-                    {"dataset": "mnist", "scheme": "content", "size": "10.8",
-                     "zoo_sha256": "b" * 64},
-                    {"dataset": "cifar10", "scheme": "noise", "size": "0.6"},
-                    {"dataset": "badnets", "scheme": "badnets", "size": "0.6"}]}
-    now = {"mnist/content": {"sha256": "b" * 64, **acc}}
+           "rows": [row("mnist", "0.6", m) for m in t2.METHODS]             # build a (record)
+           + [row("mnist", "10.8", "laundering", zoo_sha256="b" * 64),
+              row("cifar10", "0.6", "laundering", scheme="noise"),
+              row("badnets", "0.6", "laundering", scheme="badnets")]}
+    b = {"mnist/content": {"sha256": "b" * 64, **acc}}
 
-    def job(dataset, size, scheme="content"):
-        return [{"dataset": dataset, "scheme": scheme, "size": size}]
-
-    t2.same_builds(old, now, job("mnist", "10.8"))   # the build of the 10.8% rows
-    t2.same_builds(old, now, job("mnist", "1.2"))    # no rows yet: any build
-    with pytest.raises(SystemExit, match="mnist/content is not the build .* 0.6% rows"):
-        t2.same_builds(old, now, job("mnist", "0.6"))
-    t2.same_builds(old, {"mnist/content": {"sha256": "a" * 64, **acc}}, job("mnist", "0.6"))
+    t2.same_builds(old, b, [row("mnist", "10.8", "prune")])     # beside its subset's build
+    t2.same_builds(old, b, [row("mnist", "0.6", "prune", seed=1)])   # a subset with no rows yet
+    with pytest.raises(SystemExit, match="mnist/content is not the build .* 0.6% subset-seed-0"):
+        t2.same_builds(old, b, [row("mnist", "0.6", "laundering")])
+    t2.same_builds(old, b, [row("mnist", "0.6", m) for m in t2.METHODS])   # all of them again
+    t2.same_builds(old, {"mnist/content": {"sha256": "a" * 64, **acc}},
+                   [row("mnist", "0.6", "laundering")])
     cifar = {"sha256": "c" * 64, **acc}
-    t2.same_builds(old, {"cifar10/noise": cifar}, job("cifar10", "0.6", "noise"))
+    job = [row("cifar10", "0.6", "prune", scheme="noise")]
+    t2.same_builds(old, {"cifar10/noise": cifar}, job)
     cifar["wm_acc"] = {"watermarked": 0.99, "vanilla": 0.0}
     with pytest.raises(SystemExit, match="cifar10/noise is not the build"):
-        t2.same_builds(old, {"cifar10/noise": cifar}, job("cifar10", "0.6", "noise"))
-    assert t2.build_of(old["rows"][1], old["zoo"]) == ("sha256", "b" * 64)
+        t2.same_builds(old, {"cifar10/noise": cifar}, job)
+    assert t2.build_of(old["rows"][6], old["zoo"]) == ("sha256", "b" * 64)
+    assert t2.build_of(old["rows"][0], old["zoo"]) == ("sha256", "a" * 64)
 
 
 def test_wide_zoo_reuses_a_run_from_before_a_setting_was_added_only_at_its_default(tmp_path):
