@@ -282,6 +282,7 @@ def restore_entry(stored_dir: str | Path, out_dir: str | Path, *,
             raise AuditError(f"{stored}: the stored {kind} model does not reproduce its recorded "
                              f"{' and '.join(off)} on the remade data ({got} vs meta.json)")
     out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)   # an entry is complete again only at the end
     for name in STORED_FILES[:2]:
         data = (stored / name).read_bytes()
         atomic_write(out / name, lambda fh, data=data: fh.write(data))

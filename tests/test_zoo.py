@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,13 @@ def test_restore_entry_remakes_a_stored_build(digits_zoo, tmp_path):
     for split in ("train.npz", "test.npz"):
         assert (back.data_dir / split).read_bytes() == (e.data_dir / split).read_bytes()
     assert (back.test_acc, back.wm_acc) == (e.test_acc, e.wm_acc)
+    # over another build's entry (a cache filled on another machine)
+    other = tmp_path / "cache" / "other"
+    shutil.copytree(digits_zoo("content").out_dir, other)
+    again = restore_entry(stored, other)
+    assert (again.out_dir / "watermarked.onnx").read_bytes() == e.watermarked.read_bytes()
+    assert _folder_bytes(again.triggers) == _folder_bytes(e.triggers)
+    assert again.meta == e.meta
 
     # the vanilla twin stored as the watermarked model: its watermark accuracy is not meta's
     (stored / "watermarked.onnx").write_bytes((e.out_dir / "vanilla.onnx").read_bytes())
