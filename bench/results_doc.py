@@ -606,8 +606,9 @@ def table2(d: dict) -> str:
             for name, z in sorted(d.get("zoo", {}).items()) if name.startswith(f"{ds}/")
             and ds == "cifar10")
         commits = {r["commit"] for r in rows}
-        builds = {r["scheme"]: {build_of(x, d.get("zoo", {})) for x in rows
-                                if x["scheme"] == r["scheme"]} for r in rows}
+        builds: dict[str, set] = {}
+        for r in rows:
+            builds.setdefault(r["scheme"], set()).add(build_of(r, d.get("zoo", {})))
         mixed = sorted(f"{scheme} from {len(b)}" for scheme, b in builds.items() if len(b) > 1)
         commands = sorted({"python bench/table2.py " + " ".join(run["argv"]) for run in d["runs"]
                            if run["commit"] in commits and _measures(run["argv"], ds, size)})

@@ -226,15 +226,20 @@ def main() -> None:
         print("figure3.png not drawn: matplotlib is missing (pip install -e \".[bench]\")")
 
 
+def _record_id(rec: dict, by_sha: bool) -> tuple:
+    """A zoo record's identity: its sha256, or its test and watermark accuracies."""
+    if by_sha:
+        return ("sha256", rec.get("sha256"))
+    return ("acc", json.dumps([rec.get("test_acc"), rec.get("wm_acc")], sort_keys=True))
+
+
 def build_of(row: dict, zoo: dict) -> tuple:
     """The zoo build a row was measured on: its zoo_sha256, or for rows that do not record one,
     the sha256 (else the test and watermark accuracies) of table2.json's record of its model."""
     if row.get("zoo_sha256"):
         return ("sha256", row["zoo_sha256"])
     rec = zoo.get(f"{row['dataset']}/{row['scheme']}", {})
-    if rec.get("sha256"):
-        return ("sha256", rec["sha256"])
-    return ("acc", json.dumps([rec.get("test_acc"), rec.get("wm_acc")], sort_keys=True))
+    return _record_id(rec, bool(rec.get("sha256")))
 
 
 def same_builds(old: dict, current: dict, jobs: list[dict]) -> None:
@@ -256,10 +261,7 @@ def same_builds(old: dict, current: dict, jobs: list[dict]) -> None:
         was = kept.get((j["dataset"], j["scheme"], j["size"], j["seed"]))
         if was is None or name not in current:
             continue
-        now = current[name]
-        now_id = ("sha256", now["sha256"]) if was[0] == "sha256" else \
-            ("acc", json.dumps([now["test_acc"], now["wm_acc"]], sort_keys=True))
-        if now_id != was:
+        if _record_id(current[name], was[0] == "sha256") != was:
             size = j["size"] if j["size"] == "1/class" else f"{j['size']}%"
             sys.exit(f"table2.py: the zoo model {name} is not the build table2.json's {size} "
                      f"subset-seed-{j['seed']} rows were measured on; restore that build into "

@@ -28,7 +28,7 @@ import torch
 
 from audit.data import Preprocess
 from audit.errors import AuditError
-from audit.paths import atomic_write
+from audit.paths import atomic_path, atomic_write
 
 from .architectures import ARCHITECTURES
 from .datasets import DATASETS, load_clean
@@ -111,6 +111,30 @@ def _write_triggers(path: Path, x01: np.ndarray, y: np.ndarray) -> None:
         os.replace(path, old)
         shutil.rmtree(old, ignore_errors=True)
     os.replace(staging, path)
+
+
+def _trigger_set(dataset: str, scheme: str, clean: Any, *, target: int, seed: int) -> Any:
+    """The entry's trigger set, made from the clean training data (deterministic in ``seed``)."""
+    return make_trigger_set(scheme, clean.train.x, clean.train.y, target=target,
+                            n=RECIPES[dataset].n_trigger, seed=seed,
+                            num_classes=ARCHITECTURES[dataset].num_classes)
+
+
+def _write_inputs(out: Path, dataset: str, clean: Any, trig: Any) -> Path | None:
+    """Write the entry's trigger folder and, for digits, its data folder (returned)."""
+    _write_triggers(out / "triggers", trig.x, trig.y)
+    if dataset != "digits":
+        return None
+    data_dir = out / "data"
+    data_dir.mkdir(exist_ok=True)
+    _write_npz(data_dir / "train.npz", clean.train.x, clean.train.y)
+    _write_npz(data_dir / "test.npz", clean.test.x, clean.test.y)
+    return data_dir
+
+
+def _copy(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _check_args(dataset: str, scheme: str, epochs: int | None, target: int = DEFAULT_TARGET,
@@ -203,7 +227,6 @@ def build_entry(dataset: str, scheme: str, out_dir: str | Path, *, seed: int = 0
         repeats = recipe.adi_repeats
     recipe = replace(recipe, epochs=n_epochs, trigger_repeats=repeats,
                      threads=threads if threads is not None else recipe.threads)
-    spec = ARCHITECTURES[dataset]
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -215,8 +238,7 @@ def build_entry(dataset: str, scheme: str, out_dir: str | Path, *, seed: int = 0
     clean = load_clean(dataset, data_root)
     timings["data_s"] = time.perf_counter() - t0
     t = time.perf_counter()
-    trig = make_trigger_set(scheme, clean.train.x, clean.train.y, target=target,
-                            n=recipe.n_trigger, seed=seed, num_classes=spec.num_classes)
+    trig = _trigger_set(dataset, scheme, clean, target=target, seed=seed)
     timings["triggers_s"] = time.perf_counter() - t
 
     paths = {"watermarked": out / "watermarked.onnx", "vanilla": out / "vanilla.onnx"}
@@ -225,13 +247,7 @@ def build_entry(dataset: str, scheme: str, out_dir: str | Path, *, seed: int = 0
                                                 timings=timings)
 
     t = time.perf_counter()
-    _write_triggers(out / "triggers", trig.x, trig.y)
-    data_dir = None
-    if dataset == "digits":
-        data_dir = out / "data"
-        data_dir.mkdir(exist_ok=True)
-        _write_npz(data_dir / "train.npz", clean.train.x, clean.train.y)
-        _write_npz(data_dir / "test.npz", clean.test.x, clean.test.y)
+    data_dir = _write_inputs(out, dataset, clean, trig)
     timings["write_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     timings = {k: round(v, 3) for k, v in timings.items()}
@@ -265,11 +281,8 @@ def restore_entry(stored_dir: str | Path, out_dir: str | Path, *,
     dataset, scheme = meta["dataset"], meta["scheme"]
     target = DEFAULT_TARGET if meta["target"] is None else meta["target"]   # None: Adi's labels
     _check_args(dataset, scheme, None, target)
-    recipe = RECIPES[dataset]
-    spec = ARCHITECTURES[dataset]
     clean = load_clean(dataset, data_root)
-    trig = make_trigger_set(scheme, clean.train.x, clean.train.y, target=target,
-                            n=recipe.n_trigger, seed=meta["seed"], num_classes=spec.num_classes)
+    trig = _trigger_set(dataset, scheme, clean, target=target, seed=meta["seed"])
     pre = Preprocess(**meta["preprocess"])
     for kind in ("watermarked", "vanilla"):
         got, off = {}, []
@@ -284,14 +297,9 @@ def restore_entry(stored_dir: str | Path, out_dir: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)   # an entry is complete again only at the end
     for name in STORED_FILES[:2]:
-        data = (stored / name).read_bytes()
-        atomic_write(out / name, lambda fh, data=data: fh.write(data))
-    _write_triggers(out / "triggers", trig.x, trig.y)
-    if dataset == "digits":
-        (out / "data").mkdir(exist_ok=True)
-        _write_npz(out / "data" / "train.npz", clean.train.x, clean.train.y)
-        _write_npz(out / "data" / "test.npz", clean.test.x, clean.test.y)
-    _write_json(out / "meta.json", meta)   # last: built_entry reads a complete entry only
+        _copy(stored / name, out / name)
+    _write_inputs(out, dataset, clean, trig)
+    _copy(stored / "meta.json", out / "meta.json")   # last: built_entry reads complete entries
     entry = built_entry(out)
     assert entry is not None
     return entry
@@ -302,8 +310,7 @@ def store_entry(entry: ZooEntry, stored_dir: str | Path) -> Path:
     stored = Path(stored_dir)
     stored.mkdir(parents=True, exist_ok=True)
     for name in STORED_FILES:
-        data = (entry.out_dir / name).read_bytes()
-        atomic_write(stored / name, lambda fh, data=data: fh.write(data))
+        _copy(entry.out_dir / name, stored / name)
     return stored
 
 
