@@ -813,6 +813,26 @@ def test_table2_compares_the_methods_of_one_subset_on_one_zoo_build():
     assert t2.build_of(old["rows"][0], old["zoo"]) == ("sha256", "a" * 64)
 
 
+def test_table2_comparison_names_baselines_that_end_ownership_on_some_seeds():
+    """results.md's comparison lists a baseline that ends ownership on every seed with its cost,
+    and one that ends it on some seeds only with how many, rather than saying none does."""
+    doc = _bench_module("results_doc")
+
+    def row(method, seed, demonstrated, test_after=0.98):
+        return {"scheme": "noise", "method": method, "seed": seed, "demonstrated": demonstrated,
+                "wm_acc_after": 0.0 if not demonstrated else 0.5, "vanilla_wm_acc": 0.0,
+                "test_acc_before": 0.99, "test_acc_after": test_after}
+
+    rows = [row("laundering", s, False) for s in range(3)]
+    partly = rows + [row("fine-prune", s, s == 0) for s in range(3)]
+    text = doc._table2_comparison(partly)
+    assert "no baseline ends ownership on every seed (fine-prune on 2 of 3 seeds)." in text
+    every = partly + [row("prune", s, False, test_after=0.97) for s in range(3)]
+    text = doc._table2_comparison(every)
+    assert "also ending ownership on every seed: prune (0.00% at 2.00 points: costs more" in text
+    assert "; on some seeds (fine-prune on 2 of 3 seeds)." in text
+
+
 def test_wide_zoo_reuses_a_run_from_before_a_setting_was_added_only_at_its_default(tmp_path):
     """bench/wide_zoo.py keeps the rows of a results file whose settings lack a key added
     since (its default keeps laundering as it was), and refuses it when the run asks for
