@@ -278,11 +278,6 @@ def _wide_settings(d: dict) -> list[str]:
     return overrides(d["launder_config"])
 
 
-def _option(argv: list[str], option: str, default: str) -> str:
-    """The value argv gives an option, or its default."""
-    return argv[argv.index(option) + 1] if option in argv[:-1] else default
-
-
 def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
     """argv less the given options (each with its value)."""
     out, i = [], 0
@@ -546,8 +541,10 @@ def _table2_by_size(d: dict, ds: str) -> str:
         f"{sum(r['seconds'] for r in rows if r['size'] == size) / 60:.0f} "
         f"({sum(r['size'] == size for r in rows)} rows)" for size in sizes]])
     head = ["scheme", "method", *[("1 image per class" if s == "1/class" else f"{s}%") for s in sizes]]
-    runs = [r for r in d.get("runs", []) if "--quick" not in r["argv"]
-            and _option(r["argv"], "--dataset", "mnist") == ds]
+    from table2 import parse_args
+
+    runs = [r for r in d.get("runs", []) if not (a := parse_args(r["argv"])).quick
+            and a.dataset == ds]
     wall = (f" The runs that measured them (listed under the last size's table) took "
             f"{sum(r['seconds'] for r in runs) / 3600:.1f} h of wall time in all." if runs else "")
     return section(f"Table 2: {ds}, every subset size",
